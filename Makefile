@@ -1,0 +1,58 @@
+# One entry point for every task. Each target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+STAGE  ?= dev
+PACKAGE_DIR ?= build/$(STAGE)
+
+.PHONY: help install run test test-unit test-e2e bench lint vendor package deploy check clean
+
+help:
+	@echo "make run    - API + worker on an embedded AWS (moto server on 127.0.0.1)"
+	@echo "make test   - install into .venv, then run every test"
+	@echo "make bench  - engine benchmark (writes docs/performance.md)"
+	@echo "make lint   - ruff"
+	@echo "make vendor - place a static ffmpeg at vendor/bin/ffmpeg for Lambda"
+	@echo "make check  - offline deploy checks (chalice package, cfn-lint, parliament, zip contents)"
+	@echo "make package STAGE=prod / make deploy STAGE=prod"
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements-lock.txt
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m chalicelib run
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+vendor: $(STAMP)
+	$(PY) scripts/vendor_ffmpeg.py
+
+package: vendor
+	$(PY) scripts/deploy.py package --stage $(STAGE) --out $(PACKAGE_DIR)
+
+deploy: vendor
+	$(PY) scripts/deploy.py deploy --stage $(STAGE)
+
+check: vendor
+	$(PY) scripts/deploy.py check --stage prod --out build/check
+
+clean:
+	rm -rf $(VENV) build vendor/bin .pytest_cache

@@ -1,0 +1,31 @@
+"""`python -m chalicelib COMMAND ...` — the CLI.
+
+Commands:
+  stitch     join local audio files into one (prints the Result as JSON)
+  run        the local stack: moto server + chalice local + SQS worker
+  provision  create/update a stage's AWS resources (idempotent)
+"""
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "stitch": ("chalicelib.cli", "main"),
+    "run": ("chalicelib.local", "main"),
+    "provision": ("chalicelib.infra", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module_name, func = COMMANDS[argv[0]]
+    # Imported on demand: `stitch` should not pay for moto, `run` not for the engine.
+    module = __import__(module_name, fromlist=[func])
+    return getattr(module, func)(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Find the ffmpeg binary. No ffprobe is ever needed (no wheel we can ship provides it)."""
+from __future__ import annotations
+
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+# vendor/bin/ffmpeg beside app.py in the repo; Chalice packages vendor/ at the zip root, so on
+# Lambda the same file is /var/task/bin/ffmpeg.
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CANDIDATES = (_PROJECT_ROOT / "vendor" / "bin" / "ffmpeg", _PROJECT_ROOT / "bin" / "ffmpeg")
+
+
+class FfmpegNotFound(RuntimeError):
+    pass
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    """Resolve in order: $FFMPEG_BINARY, vendor/bin/ffmpeg (/var/task/bin/ffmpeg on Lambda),
+    imageio-ffmpeg's bundled static build, then PATH."""
+    env = os.environ.get("FFMPEG_BINARY")
+    if env:
+        if not _executable(Path(env)):
+            raise FfmpegNotFound(f"FFMPEG_BINARY={env} is not an executable file")
+        return env
+    for candidate in CANDIDATES:
+        if _executable(candidate):
+            return str(candidate)
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        pass
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    raise FfmpegNotFound(
+        "ffmpeg not found: set FFMPEG_BINARY, run `make vendor`, or pip install imageio-ffmpeg"
+    )

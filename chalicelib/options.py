@@ -1,0 +1,186 @@
+"""Output options and per-part options: the engine's input contract, validated in one place.
+
+Pure data, standard library only, so the REST path can validate a request without importing
+the engine. The engine, the API (spec.py) and the CLI all build these through ``from_dict``,
+which names the offending field in every error.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+
+from .errors import BadRequest
+
+# Bump when the engine's output for the same input and options changes: it is part of the
+# cache key, so old cached results stop being served.
+ENGINE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    extension: str
+    content_type: str
+    codec: str  # ffmpeg encoder
+    muxer: str  # ffmpeg -f
+    lossless: bool = False
+
+
+FORMATS: dict[str, Format] = {
+    "mp3": Format("mp3", "mp3", "audio/mpeg", "libmp3lame", "mp3"),
+    "m4a": Format("m4a", "m4a", "audio/mp4", "aac", "ipod"),
+    "ogg": Format("ogg", "ogg", "audio/ogg", "libvorbis", "ogg"),
+    "wav": Format("wav", "wav", "audio/wav", "pcm_s16le", "wav", lossless=True),
+    "flac": Format("flac", "flac", "audio/flac", "flac", "flac", lossless=True),
+}
+SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+_BITRATE = re.compile(r"^(\d{1,3})k$")
+MAX_GAP_MS = 60_000
+MAX_FADE_MS = 600_000
+MAX_CROSSFADE_MS = 60_000
+MAX_GAIN_DB = 60.0
+
+
+def _field(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _number(data: dict, name: str, prefix: str, *, integer: bool, lo: float, hi: float):
+    """Read an optional number from ``data``; bools and strings are rejected."""
+    value = data.get(name)
+    if value is None:
+        return None
+    where = _field(prefix, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise BadRequest(f"{where} must be {kind}, got {type(value).__name__}", field=where)
+    if integer and isinstance(value, float):
+        if not value.is_integer():
+            raise BadRequest(f"{where} must be an integer, got {value}", field=where)
+        value = int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{where} must be a finite number", field=where)
+    if not lo <= value <= hi:
+        raise BadRequest(f"{where} must be between {lo:g} and {hi:g}, got {value:g}", field=where)
+    return value
+
+
+def reject_unknown(data: dict, allowed: set[str], prefix: str = "") -> None:
+    """Raise BadRequest naming the first field of ``data`` not in ``allowed``."""
+    for name in data:
+        if name not in allowed:
+            where = _field(prefix, str(name))
+            raise BadRequest(f"unknown field {where}", field=where)
+
+
+@dataclass(frozen=True)
+class PartOptions:
+    """Per-part trim (seconds in the source) and gain."""
+
+    start_s: float | None = None
+    end_s: float | None = None
+    gain_db: float = 0.0
+
+    FIELDS = ("start_s", "end_s", "gain_db")
+
+    @classmethod
+    def from_dict(cls, data: dict, prefix: str = "") -> PartOptions:
+        start = _number(data, "start_s", prefix, integer=False, lo=0, hi=86_400)
+        end = _number(data, "end_s", prefix, integer=False, lo=0, hi=86_400)
+        gain = _number(data, "gain_db", prefix, integer=False, lo=-MAX_GAIN_DB, hi=MAX_GAIN_DB)
+        if start is not None and end is not None and end <= start:
+            where = _field(prefix, "end_s")
+            raise BadRequest(f"{where} ({end:g}) must be after start_s ({start:g})", field=where)
+        return cls(
+            start_s=float(start) if start is not None else None,
+            end_s=float(end) if end is not None else None,
+            gain_db=float(gain or 0.0),
+        )
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the part is used whole and unchanged (a copy-mode join is possible)."""
+        return self.start_s in (None, 0.0) and self.end_s is None and self.gain_db == 0.0
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Job-wide output options. ``None`` means "keep what the inputs have" where that applies."""
+
+    format: str = "mp3"
+    bitrate: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    gap_ms: int = 0
+    crossfade_ms: int = 0
+    fade_in_ms: int = 0
+    fade_out_ms: int = 0
+    loudness_lufs: float | None = None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict, prefix: str = "") -> Options:
+        """Validate the option fields present in ``data`` (other keys are the caller's)."""
+        fmt = data.get("format", "mp3")
+        if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+            where = _field(prefix, "format")
+            raise BadRequest(f"{where} must be one of {', '.join(FORMATS)}, got {fmt!r}", field=where)
+        fmt = fmt.lower()
+        bitrate = data.get("bitrate")
+        if bitrate is not None:
+            where = _field(prefix, "bitrate")
+            if isinstance(bitrate, int) and not isinstance(bitrate, bool):
+                bitrate = f"{bitrate}k"
+            m = _BITRATE.match(bitrate) if isinstance(bitrate, str) else None
+            if not m or not 8 <= int(m.group(1)) <= 320:
+                raise BadRequest(f"{where} must look like '128k' (8k to 320k), got {bitrate!r}", field=where)
+            if FORMATS[fmt].lossless:
+                raise BadRequest(f"{where} does not apply to lossless format {fmt}", field=where)
+        rate = _number(data, "sample_rate", prefix, integer=True, lo=8000, hi=48000)
+        if rate is not None and rate not in SAMPLE_RATES:
+            where = _field(prefix, "sample_rate")
+            allowed = ", ".join(str(r) for r in SAMPLE_RATES)
+            raise BadRequest(f"{where} must be one of {allowed}, got {rate}", field=where)
+        channels = _number(data, "channels", prefix, integer=True, lo=1, hi=2)
+        gap = _number(data, "gap_ms", prefix, integer=True, lo=0, hi=MAX_GAP_MS) or 0
+        crossfade = _number(data, "crossfade_ms", prefix, integer=True, lo=0, hi=MAX_CROSSFADE_MS) or 0
+        if gap and crossfade:
+            where = _field(prefix, "crossfade_ms")
+            raise BadRequest(f"{where} and gap_ms cannot both be set", field=where)
+        fade_in = _number(data, "fade_in_ms", prefix, integer=True, lo=0, hi=MAX_FADE_MS) or 0
+        fade_out = _number(data, "fade_out_ms", prefix, integer=True, lo=0, hi=MAX_FADE_MS) or 0
+        lufs = _number(data, "loudness_lufs", prefix, integer=False, lo=-70, hi=-5)
+        return cls(
+            format=fmt,
+            bitrate=bitrate,
+            sample_rate=rate,
+            channels=channels,
+            gap_ms=gap,
+            crossfade_ms=crossfade,
+            fade_in_ms=fade_in,
+            fade_out_ms=fade_out,
+            loudness_lufs=float(lufs) if lufs is not None else None,
+        )
+
+    @property
+    def output_format(self) -> Format:
+        return FORMATS[self.format]
+
+    @property
+    def needs_decode(self) -> bool:
+        """True when an option forces a re-encode whatever the inputs are."""
+        return bool(
+            self.sample_rate or self.channels or self.bitrate or self.gap_ms or self.crossfade_ms
+            or self.fade_in_ms or self.fade_out_ms or self.loudness_lufs is not None
+        )
+
+    def to_dict(self) -> dict:
+        """Canonical form (for cache keys and job records): defaults included, None dropped."""
+        return {k: v for k, v in asdict(self).items() if v is not None}

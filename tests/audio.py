@@ -1,0 +1,45 @@
+"""Generate real audio with ffmpeg's lavfi sources, and measure it by decoding (pydub = reference)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from chalicelib.ffmpeg import ffmpeg_binary
+
+CODEC_ARGS = {
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "128k"],
+    "wav": ["-c:a", "pcm_s16le"],
+    "flac": ["-c:a", "flac"],
+    "m4a": ["-c:a", "aac", "-b:a", "96k", "-f", "ipod"],
+    "ogg": ["-c:a", "libvorbis", "-q:a", "3"],
+    "opus": ["-c:a", "libopus", "-b:a", "64k", "-f", "ogg"],
+}
+
+
+def make_tone(path, seconds: float = 1.0, *, rate: int = 44100, channels: int = 2,
+              freq: int = 440, fmt: str | None = None, volume: float = 0.5, extra: list | None = None) -> Path:
+    """Write a sine tone of ``seconds`` to ``path``; the format comes from ``fmt`` or the suffix."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lstrip(".")
+    src = f"sine=frequency={freq}:sample_rate={rate}:duration={seconds}"
+    layout = "mono" if channels == 1 else "stereo"
+    cmd = [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src,
+           "-af", f"volume={volume},aformat=channel_layouts={layout}", "-ar", str(rate),
+           *CODEC_ARGS[fmt], *(extra or []), str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def decode(path, fmt: str | None = None):
+    """Decode with pydub (pointed at our ffmpeg; format given so ffprobe is never called)."""
+    from pydub import AudioSegment
+
+    AudioSegment.converter = ffmpeg_binary()
+    path = Path(path)
+    fmt = fmt or {"m4a": "mp4", "opus": "ogg"}.get(path.suffix.lstrip("."), path.suffix.lstrip("."))
+    return AudioSegment.from_file(str(path), format=fmt)
+
+
+def decoded_seconds(path, fmt: str | None = None) -> float:
+    seg = decode(path, fmt)
+    return seg.frame_count() / seg.frame_rate
