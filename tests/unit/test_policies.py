@@ -1,0 +1,86 @@
+"""The committed .chalice files: rendered from chalicelib.infra, per-stage config, least-privilege IAM."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from chalicelib import infra
+from chalicelib.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import deploy  # noqa: E402
+
+CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
+STAGES = sorted(CONFIG["stages"])
+DEPLOYED = [s for s in STAGES if s != "dev"]
+
+
+def test_every_stage_is_defined():
+    assert set(STAGES) == {"dev", "test", "stage", "prod"}
+
+
+@pytest.mark.parametrize("path", sorted(deploy.rendered_files()), ids=lambda p: p.name)
+def test_committed_file_equals_rendered(path):
+    # If this fails: `python scripts/deploy.py render` and commit the result.
+    assert path.exists(), f"{path.name} missing"
+    assert path.read_text() == deploy.rendered_files()[path]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_config(stage):
+    cfg = CONFIG["stages"][stage]
+    env = infra.stage_environment(stage)
+    settings = Settings.from_env(env)
+    assert settings.stage == stage
+    for name in (settings.bucket_input, settings.bucket_output, settings.jobs_table):
+        assert name.endswith(f"-{stage}")
+    assert settings.queue_name.endswith(f"-{stage}.fifo") and settings.dlq_name.endswith(f"-{stage}.fifo")
+    # Every variable is a Settings field (or REQUIRE_API_KEY, read by app.py): no typos that
+    # would silently fall back to a default.
+    known = {name.upper() for name in Settings.__dataclass_fields__} | {"REQUIRE_API_KEY"}
+    assert set(env) <= known, set(env) - known
+    assert "WEBHOOK_SECRET" not in env, "the webhook secret must never be committed"
+    assert "AWS_ENDPOINT_URL" not in env
+    assert cfg["autogen_policy"] is False and cfg["iam_policy_file"] == f"policy-{stage}.json"
+    worker = cfg["lambda_functions"]["process_job"]
+    assert worker["lambda_memory_size"] >= 2048 and worker["lambda_timeout"] == settings.worker_timeout_seconds
+    api = cfg["lambda_functions"]["api_handler"]
+    assert api["lambda_memory_size"] <= 1024 and api["lambda_timeout"] <= 30
+    assert infra.visibility_timeout(settings) > worker["lambda_timeout"]
+    if stage in DEPLOYED:
+        assert env["REQUIRE_API_KEY"] == "true"
+        assert env["ALLOW_LOOPBACK_URLS"] == "false"
+    assert env.get("ALLOW_LOOPBACK_URLS", "false") == "false"
+
+
+def _statements(stage):
+    return json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text())["Statement"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_policy_is_scoped_to_the_stage(stage):
+    settings = infra.stage_settings(stage)
+    for st in _statements(stage):
+        assert st["Effect"] == "Allow"
+        actions = st["Action"]
+        assert all("*" not in a for a in actions), actions
+        for resource in st["Resource"]:
+            assert resource != "*"
+            if resource.startswith("arn:aws:ses:"):
+                # SES checks every identity involved; the From address is pinned by the condition.
+                assert st["Condition"] == {"StringEquals": {"ses:FromAddress": settings.sender_email}}
+                continue
+            assert stage in resource, resource
+    granted = {(a, r) for st in _statements(stage) for a in st["Action"] for r in st["Resource"]}
+    out = f"arn:aws:s3:::{settings.bucket_output}"
+    inp = f"arn:aws:s3:::{settings.bucket_input}"
+    assert ("s3:PutObject", f"{out}/{settings.cache_prefix}*") in granted
+    assert ("s3:PutObject", f"{inp}/{settings.uploads_prefix}*") in granted
+    # Users' own parts are read, never overwritten.
+    assert not any(a == "s3:PutObject" and r in (f"{inp}/*", f"{out}/*") for a, r in granted)
+    assert ("dynamodb:UpdateItem", f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}") in granted
+    assert ("sqs:SendMessage", f"arn:aws:sqs:*:*:{settings.queue_name}") in granted
