@@ -1,0 +1,435 @@
+"""`python -m chalicelib run` (= `make run`): the whole service on one machine, no AWS account.
+
+Starts, in order:
+  1. moto's server on 127.0.0.1 (MOTO_PORT, default 4566): S3, SQS, DynamoDB, SES;
+  2. the stage's resources, from the same definitions as AWS (``chalicelib.infra.ensure_resources``);
+  3. a few generated sample parts in the input bucket (skip with --no-seed);
+  4. the API: `chalice local --no-autoreload` on 127.0.0.1 (API_PORT, default 8000);
+  5. the worker: long-polls the FIFO queue and feeds the app's real SQS handler.
+Then prints the URLs, sample keys, a curl to try and a ``READY`` line, and supervises: Ctrl-C or
+SIGTERM stops every child; if a child dies, everything stops with its exit status reported.
+
+Children get the stage's environment from .chalice/config.json plus local overrides; variables you
+export yourself win over both. Port 0 means "any free port" (the tests use it).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+DEFAULT_STATE_DIR = PROJECT_ROOT / ".chalice" / ".local-run"
+DEFAULT_API_PORT = 8000
+DEFAULT_MOTO_PORT = 4566
+# (key, seconds, frequency): short, distinct tones so a stitch of all three is audibly in order.
+SAMPLES = (("samples/intro.mp3", 1.0, 440), ("samples/middle.mp3", 1.5, 554), ("samples/outro.mp3", 1.0, 659))
+STOP_GRACE_SECONDS = 5.0
+
+
+class Stop(Exception):
+    """SIGTERM, turned into an exception so the same cleanup runs as for Ctrl-C."""
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def log(line: str) -> None:
+    print(f"run    | {line}", flush=True)
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+def stage_environment(stage: str, project_dir: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The stage's ``environment_variables`` from .chalice/config.json: top level, then the stage's."""
+    path = project_dir / ".chalice" / "config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    env = dict(config.get("environment_variables", {}))
+    env.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+    return {k: str(v) for k, v in env.items()}
+
+
+def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = None,
+                      project_dir: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The environment of every child: stage config < local overrides < what the caller exported.
+
+    AWS credentials and the endpoint are forced: nothing the local stack does may reach real AWS.
+    """
+    base = dict(os.environ if base is None else base)
+    env = dict(base)
+    for key, value in stage_environment(stage, project_dir).items():
+        if key not in base:
+            env[key] = value
+    # Loopback is how the tests (and you) serve URL parts and receive webhooks locally.
+    local = {"STAGE": stage, "ALLOW_LOOPBACK_URLS": "true", "WEBHOOK_SECRET": secrets.token_hex(16)}
+    for key, value in local.items():
+        if key not in base or (key == "WEBHOOK_SECRET" and not base[key]):
+            env[key] = value
+    region = base.get("AWS_REGION") or base.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE",
+                "AWS_SHARED_CREDENTIALS_FILE"):
+        env.pop(key, None)
+    env.update({
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no 1 s IMDS probe per boto3 session
+        "PYTHONUNBUFFERED": "1",
+    })
+    # Let `python -m chalicelib.localworker` resolve from any cwd.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_dir), base.get("PYTHONPATH", "")) if p)
+    return env
+
+
+# --- single instance -----------------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """What a running stack records in ``<state dir>/run.json`` (read by a second `make run`)."""
+
+    pid: int
+    api_url: str = ""
+    moto_url: str = ""
+    stage: str = "dev"
+    children: dict[str, int] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+    queue_url: str = ""
+    webhook_secret: str = ""
+    ready: bool = False
+
+    def write(self, state_dir: Path) -> None:
+        tmp = state_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        tmp.replace(state_dir / "run.json")
+
+    @classmethod
+    def read(cls, state_dir: Path) -> RunState | None:
+        try:
+            return cls(**json.loads((state_dir / "run.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def acquire_lock(state_dir: Path):
+    """Hold ``run.lock`` for the life of this process; the kernel drops it however we exit."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "run.lock", "a+")  # noqa: SIM115 - kept open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        state = RunState.read(state_dir)
+        if state and state.api_url:
+            raise AlreadyRunning(
+                f"the local stack is already running (pid {state.pid}): API {state.api_url}, "
+                f"moto {state.moto_url}. Use it, or stop it with Ctrl-C in its terminal or `kill {state.pid}`."
+            ) from None
+        pid = f" (pid {state.pid})" if state else ""
+        raise AlreadyRunning(f"the local stack is already starting{pid}; state in {state_dir}") from None
+    return handle
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """True if something listens on host:port (TIME_WAIT leftovers do not count)."""
+    if port == 0:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+# --- moto ----------------------------------------------------------------------------------------
+
+class MotoServer:
+    """moto's WSGI app on a threaded werkzeug server inside this process.
+
+    Bound in the constructor (moto's ThreadedMotoServer binds in its thread and hangs forever
+    when the port is taken); served from a daemon thread, so it cannot outlive us.
+    """
+
+    def __init__(self, host: str, port: int):
+        import logging
+
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        if not os.environ.get("LOCAL_RUN_VERBOSE"):
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise
+        app = DomainDispatcherApplication(create_backend_app)
+        self.server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="moto", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=STOP_GRACE_SECONDS)
+
+
+# --- resources and samples -----------------------------------------------------------------------
+
+def create_resources(settings, moto_url: str) -> dict:
+    """Buckets, queues, table, sender identity: the definitions `provision` uses on AWS."""
+    from chalicelib.infra import ensure_resources
+
+    return ensure_resources(settings, endpoint_url=moto_url)
+
+
+def seed_samples(s3, bucket: str) -> list[str]:
+    """Generate the SAMPLES with real ffmpeg and upload them; returns their keys."""
+    from chalicelib.ffmpeg import ffmpeg_binary
+
+    keys = []
+    with tempfile.TemporaryDirectory(prefix="stitch-seed-") as tmp:
+        for key, seconds, freq in SAMPLES:
+            path = Path(tmp) / Path(key).name
+            subprocess.run(
+                [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                 "-i", f"sine=frequency={freq}:sample_rate=44100:duration={seconds}",
+                 "-af", "volume=0.5", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "128k", str(path)],
+                check=True, stdin=subprocess.DEVNULL,
+            )
+            s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": "audio/mpeg"})
+            keys.append(key)
+    return keys
+
+
+# --- children ------------------------------------------------------------------------------------
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # Own session: the terminal's Ctrl-C reaches only us, and we stop children in order; killpg
+    # then also reaches anything a child started (ffmpeg).
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=str(PROJECT_ROOT),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_children(children: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM each child's process group, then SIGKILL what is still there after a grace period."""
+    for proc in children.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, even if the leader exited
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_GRACE_SECONDS)
+
+
+def http_answers(url: str) -> bool:
+    """True once anything answers HTTP at ``url`` (an error status still means "listening")."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_ready(children: dict[str, subprocess.Popen], port_file: Path, ready_file: Path,
+               timeout: float) -> int:
+    """Wait for the API to answer and the worker to report in; returns the API's port."""
+    deadline = time.monotonic() + timeout
+    api_port = None
+    while time.monotonic() < deadline:
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode} while starting (see its output above)")
+        if api_port is None and port_file.is_file() and port_file.read_text().strip():
+            api_port = int(port_file.read_text())
+        if api_port and ready_file.is_file() and http_answers(f"http://{HOST}:{api_port}/health"):
+            return api_port
+        time.sleep(0.1)
+    raise RuntimeError(f"the stack was not ready after {timeout:.0f}s")
+
+
+def banner(state: RunState, settings) -> str:
+    api = state.api_url
+    parts = json.dumps({"message_parts": state.samples or ["<key in the input bucket>"]})
+    lines = [
+        "",
+        f"  API     {api}     (GET /health, POST /stitch, GET /jobs/<id>, POST /uploads)",
+        f"  AWS     {state.moto_url}     (moto: S3, SQS, DynamoDB, SES; any credentials)",
+        f"  buckets {settings.bucket_input} -> {settings.bucket_output}",
+        f"  queue   {state.queue_url}",
+    ]
+    if state.samples:
+        lines.append(f"  samples {', '.join(state.samples)}")
+    lines += [
+        "",
+        "  Try:",
+        f"    curl -s -X POST {api}/stitch -H 'Content-Type: application/json' -d '{parts}'",
+        "  Queued (add \"async\": true), then poll:",
+        f"    curl -s {api}/jobs/<job_id>",
+        "  Your own file:",
+        f"    AWS_ENDPOINT_URL={state.moto_url} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "
+        f"aws s3 cp intro.mp3 s3://{settings.bucket_input}/intro.mp3",
+        "",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def _port(value: str | None, default: int, name: str) -> int:
+    try:
+        port = int(value) if value not in (None, "") else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise SystemExit(f"{name} must be between 0 and 65535, got {port}")
+    return port
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m chalicelib run", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", help=f"API port (env API_PORT, default {DEFAULT_API_PORT}; 0 = any free)")
+    parser.add_argument("--moto-port", help=f"moto port (env MOTO_PORT, default {DEFAULT_MOTO_PORT}; 0 = any free)")
+    parser.add_argument("--stage", default=os.environ.get("STAGE") or "dev",
+                        help="stage whose .chalice/config.json environment to use (default dev)")
+    parser.add_argument("--no-seed", action="store_true", help="do not upload the sample parts")
+    parser.add_argument("--state-dir", default=os.environ.get("LOCAL_RUN_DIR") or str(DEFAULT_STATE_DIR),
+                        help="lock file, run.json and logs of this stack (env LOCAL_RUN_DIR)")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    args.port = _port(args.port if args.port is not None else os.environ.get("API_PORT"), DEFAULT_API_PORT, "API port")
+    args.moto_port = _port(args.moto_port if args.moto_port is not None else os.environ.get("MOTO_PORT"),
+                           DEFAULT_MOTO_PORT, "moto port")
+    args.state_dir = Path(args.state_dir).resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the local stack until Ctrl-C/SIGTERM; 0 on a clean stop, 1 if it could not start or a child died."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        lock = acquire_lock(args.state_dir)
+    except AlreadyRunning as exc:
+        print(f"run    | {exc}", file=sys.stderr, flush=True)
+        return 1
+    busy = [(name, port) for name, port in (("API", args.port), ("moto", args.moto_port)) if port_in_use(port)]
+    if busy:
+        for name, port in busy:
+            var = "API_PORT" if name == "API" else "MOTO_PORT"
+            print(f"run    | port {port} ({name}) on {HOST} is already in use by another program "
+                  f"(another `make run` from a different checkout?). Stop it, or pick another port: "
+                  f"{var}={port + 1} make run", file=sys.stderr, flush=True)
+        lock.close()
+        return 1
+
+    def on_sigterm(signum, frame):
+        raise Stop()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    children: dict[str, subprocess.Popen] = {}
+    moto = None
+    state = RunState(pid=os.getpid(), stage=args.stage)
+    status = 0
+    try:
+        for stale in ("run.json", "api.port", "worker.ready"):
+            (args.state_dir / stale).unlink(missing_ok=True)
+        state.write(args.state_dir)
+        moto = MotoServer(HOST, args.moto_port)
+        state.moto_url = moto.url
+        env = child_environment(args.stage, moto.url)
+        env["LOCAL_RUN_PARENT_PID"] = str(os.getpid())
+        # This process makes AWS calls too (resources, seeding): same dummy credentials + endpoint.
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                                                "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+                                                "AWS_EC2_METADATA_DISABLED")})
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(key, None)
+        log(f"moto listening on {moto.url}")
+
+        from chalicelib.config import Settings
+
+        settings = Settings.from_env(env)
+        resources = create_resources(settings, moto.url)
+        import boto3
+
+        state.queue_url = resources.get("queue_url") or boto3.client("sqs").get_queue_url(
+            QueueName=settings.queue_name)["QueueUrl"]
+        state.webhook_secret = env["WEBHOOK_SECRET"]
+        log(f"resources for stage {args.stage}: {', '.join(sorted(k for k in resources if resources[k]))}")
+        if not args.no_seed:
+            state.samples = seed_samples(boto3.client("s3"), settings.bucket_input)
+            log(f"seeded s3://{settings.bucket_input}/: {' '.join(state.samples)}")
+
+        port_file, ready_file = args.state_dir / "api.port", args.state_dir / "worker.ready"
+        children["worker"] = spawn(["-m", "chalicelib.localworker", "--queue-url", state.queue_url,
+                                    "--ready-file", str(ready_file)], env)
+        children["api"] = spawn(["-m", "chalicelib.localapi", "--host", HOST, "--port", str(args.port),
+                                 "--stage", args.stage, "--port-file", str(port_file)], env)
+        state.children = {name: proc.pid for name, proc in children.items()}
+        state.write(args.state_dir)
+        api_port = wait_ready(children, port_file, ready_file, args.ready_timeout)
+        state.api_url = f"http://{HOST}:{api_port}"
+        state.ready = True
+        state.write(args.state_dir)
+        print(banner(state, settings), flush=True)
+        print(f"READY api={state.api_url} moto={state.moto_url}", flush=True)
+
+        while True:
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited unexpectedly with status {proc.returncode}")
+            time.sleep(0.5)
+    except (KeyboardInterrupt, Stop):
+        log("stopping")
+    except Exception as exc:
+        traceback.print_exc()
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+        status = 1
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_children(children)
+        if moto is not None:
+            moto.stop()
+        for name in ("run.json", "api.port", "worker.ready"):
+            (args.state_dir / name).unlink(missing_ok=True)
+        lock.close()
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        log("stopped; nothing left listening")
+    return status
