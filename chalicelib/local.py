@@ -389,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         state.queue_url = resources.get("queue_url") or boto3.client("sqs").get_queue_url(
             QueueName=settings.queue_name)["QueueUrl"]
         state.webhook_secret = env["WEBHOOK_SECRET"]
-        log(f"resources for stage {args.stage}: {', '.join(sorted(k for k in resources if resources[k]))}")
+        log(f"stage {args.stage}: buckets {settings.bucket_input}, {settings.bucket_output}; queue "
+            f"{settings.queue_name} (DLQ {settings.dlq_name}); table {settings.jobs_table}; "
+            f"sender {settings.sender_email} {resources.get('sender_status', '')}".rstrip())
         if not args.no_seed:
             state.samples = seed_samples(boto3.client("s3"), settings.bucket_input)
             log(f"seeded s3://{settings.bucket_input}/: {' '.join(state.samples)}")

@@ -1,0 +1,126 @@
+"""`python -m chalicelib run` pieces that need no child process: environment, locking, ports, moto, seeding."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import wave
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from chalicelib import local
+from chalicelib.ffmpeg import ffmpeg_binary
+
+CONFIG = {
+    "version": "2.0",
+    "environment_variables": {"CACHE_PREFIX": "cache/", "WORK_DIR": "/tmp", "ALLOW_LOOPBACK_URLS": "false"},
+    "stages": {
+        "dev": {"environment_variables": {"BUCKET_INPUT": "in-dev", "WORK_DIR": "/var/dev"}},
+        "prod": {"environment_variables": {"BUCKET_INPUT": "in-prod"}},
+    },
+}
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / ".chalice").mkdir()
+    (tmp_path / ".chalice" / "config.json").write_text(json.dumps(CONFIG))
+    return tmp_path
+
+
+def test_stage_environment_merges_top_level_then_stage(project):
+    env = local.stage_environment("dev", project)
+    assert env == {"CACHE_PREFIX": "cache/", "WORK_DIR": "/var/dev", "ALLOW_LOOPBACK_URLS": "false",
+                   "BUCKET_INPUT": "in-dev"}
+    assert local.stage_environment("prod", project)["WORK_DIR"] == "/tmp"
+    assert local.stage_environment("dev", project / "missing") == {}
+
+
+def test_child_environment_precedence_and_forced_aws(project):
+    base = {"PATH": "/bin", "WORK_DIR": "/mine", "AWS_PROFILE": "prod-admin",
+            "AWS_ACCESS_KEY_ID": "AKIAREAL", "AWS_SESSION_TOKEN": "tok", "WEBHOOK_SECRET": ""}
+    env = local.child_environment("dev", "http://127.0.0.1:4999", base, project)
+    assert env["BUCKET_INPUT"] == "in-dev"           # stage config
+    assert env["WORK_DIR"] == "/mine"                # what the caller exported wins
+    assert env["ALLOW_LOOPBACK_URLS"] == "true"      # local override beats the config's "false"
+    assert len(env["WEBHOOK_SECRET"]) == 32          # generated: empty counts as unset
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4999"
+    assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_SECRET_ACCESS_KEY"] == "testing"
+    assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(project)
+    kept = local.child_environment("dev", "http://x", {"WEBHOOK_SECRET": "s3cret", "ALLOW_LOOPBACK_URLS": "0"},
+                                   project)
+    assert kept["WEBHOOK_SECRET"] == "s3cret" and kept["ALLOW_LOOPBACK_URLS"] == "0"
+
+
+def test_second_instance_is_refused_with_the_running_ones_urls(tmp_path):
+    held = local.acquire_lock(tmp_path)
+    try:
+        local.RunState(pid=4242, api_url="http://127.0.0.1:8000", moto_url="http://127.0.0.1:4566").write(tmp_path)
+        with pytest.raises(local.AlreadyRunning) as err:
+            local.acquire_lock(tmp_path)
+        message = str(err.value)
+        assert "already running (pid 4242)" in message
+        assert "http://127.0.0.1:8000" in message and "kill 4242" in message
+    finally:
+        held.close()
+    local.acquire_lock(tmp_path).close()  # released with the file: a dead run never blocks the next
+
+
+def test_busy_port_is_reported_with_the_variable_to_change(tmp_path, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert local.port_in_use(port)
+        status = local.main(["--moto-port", str(port), "--port", "0", "--state-dir", str(tmp_path)])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"port {port} (moto) on 127.0.0.1 is already in use" in err
+    assert f"MOTO_PORT={port + 1} make run" in err
+    assert not local.port_in_use(port)
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_bad_port_value_names_the_setting():
+    with pytest.raises(SystemExit, match="API port must be a port number, got 'eighty'"):
+        local.parse_args(["--port", "eighty"])
+    with pytest.raises(SystemExit, match="moto port must be between 0 and 65535"):
+        local.parse_args(["--moto-port", "70000"])
+
+
+def test_moto_server_serves_aws_and_frees_its_port(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    server = local.MotoServer("127.0.0.1", 0)
+    try:
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
+        s3.create_bucket(Bucket="probe")
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["probe"]
+    finally:
+        server.stop()
+    assert not local.port_in_use(server.port)
+
+
+def _wav_seconds(data: bytes, tmp_path) -> float:
+    src, out = tmp_path / "in.mp3", tmp_path / "out.wav"
+    src.write_bytes(data)
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(src), "-c:a", "pcm_s16le", str(out)], check=True)
+    with wave.open(str(out)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def test_seed_samples_uploads_decodable_mp3s(tmp_path):
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="seed-input")
+        keys = local.seed_samples(s3, "seed-input")
+        assert keys == [key for key, _, _ in local.SAMPLES]
+        for key, seconds, _ in local.SAMPLES:
+            obj = s3.get_object(Bucket="seed-input", Key=key)
+            assert obj["ContentType"] == "audio/mpeg"
+            # mp3 adds encoder padding of a frame or two, never a whole 50 ms.
+            assert _wav_seconds(obj["Body"].read(), tmp_path) == pytest.approx(seconds, abs=0.06)
