@@ -43,3 +43,31 @@ def decode(path, fmt: str | None = None):
 def decoded_seconds(path, fmt: str | None = None) -> float:
     seg = decode(path, fmt)
     return seg.frame_count() / seg.frame_rate
+
+
+# pydub only skips ffprobe when it is given the decoder too (``codec=``), not just ``format=``.
+DECODERS = {"mp3": "mp3", "wav": "pcm_s16le", "flac": "flac", "mp4": "aac", "ogg": "vorbis", "opus": "opus"}
+
+
+def decode_audio(path, fmt: str | None = None):
+    """Like ``decode`` but for any format: names the decoder so pydub never calls ffprobe."""
+    from pydub import AudioSegment
+
+    AudioSegment.converter = ffmpeg_binary()
+    path = Path(path)
+    suffix = path.suffix.lstrip(".")
+    fmt = fmt or {"m4a": "mp4"}.get(suffix, suffix)
+    if fmt == "wav":
+        return AudioSegment.from_file(str(path), format="wav")
+    codec = DECODERS[fmt]
+    return AudioSegment.from_file(str(path), format="ogg" if fmt == "opus" else fmt, codec=codec)
+
+
+def decoded_frames(path, fmt: str | None = None) -> int:
+    """Sample frames (per channel) a full decode of ``path`` produces."""
+    return int(decode_audio(path, fmt).frame_count())
+
+
+def decoded_duration(path, fmt: str | None = None) -> float:
+    seg = decode_audio(path, fmt)
+    return seg.frame_count() / seg.frame_rate

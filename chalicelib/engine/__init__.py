@@ -2,8 +2,165 @@
 
 Plans a frame-level MP3 join when the parts allow it, otherwise one streaming ffmpeg pass.
 """
-from .types import PartInput, PartSpan, Result  # noqa: F401
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import BadRequest, StitchError, UnsupportedAudio
+from ..options import Options
+from . import mp3
+from .encode import Segment, build_command, loudness_gains, output_channels, output_rate, run_ffmpeg
+from .probe import AudioInfo, probe
+from .types import PartInput, PartSpan, Result
+
+__all__ = ["stitch", "probe", "plan_mode", "AudioInfo", "PartInput", "PartSpan", "Result"]
+
+# Trim points may overshoot a probed duration by this much: container durations are rounded.
+_TRIM_SLACK_S = 0.05
 
 
-def stitch(parts, output_path, options, progress=None):  # replaced by the engine implementation
-    raise NotImplementedError("engine not built yet")
+def _part_field(index: int, name: str) -> str:
+    return f"message_parts[{index}].{name}"
+
+
+def plan_mode(infos: list[AudioInfo], parts: list[PartInput], options: Options) -> str:
+    """"copy" when every part is clean MP3 of one stream kind and nothing asks for decoding."""
+    if options.format != "mp3" or options.needs_decode:
+        return "encode"
+    if not all(p.options.is_identity for p in parts):
+        return "encode"
+    scans = [i.mp3 for i in infos]
+    if any(s is None for s in scans) or not mp3.compatible(scans):
+        return "encode"
+    return "copy"
+
+
+def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list[Segment]:
+    """Each part's trimmed span, checked against its real duration."""
+    segments = []
+    for info, part in zip(infos, parts, strict=True):
+        o = part.options
+        start = o.start_s or 0.0
+        if start >= info.duration_s:
+            raise BadRequest(
+                f"{info.label}: start_s ({start:g}) is at or beyond its end ({info.duration_s:.2f} s)",
+                field=_part_field(info.index, "start_s"), part=info.index,
+            )
+        end = info.duration_s
+        if o.end_s is not None:
+            if o.end_s > info.duration_s + _TRIM_SLACK_S:
+                raise BadRequest(
+                    f"{info.label}: end_s ({o.end_s:g}) is beyond its end ({info.duration_s:.2f} s)",
+                    field=_part_field(info.index, "end_s"), part=info.index,
+                )
+            end = min(o.end_s, info.duration_s)
+        segments.append(Segment(info, start, end - start, o.gain_db))
+    return segments
+
+
+def _check_options(segments: list[Segment], options: Options) -> float:
+    """Reject options that conflict with the parts' durations; return the output duration."""
+    xf = options.crossfade_ms / 1000
+    if xf and len(segments) > 1:
+        for s in segments:
+            if xf > s.duration_s:
+                raise BadRequest(
+                    f"crossfade_ms ({options.crossfade_ms}) is longer than {s.info.label} ({s.duration_s:.1f} s)",
+                    field="crossfade_ms", part=s.info.index,
+                )
+    else:
+        xf = 0.0
+    total = sum(s.duration_s for s in segments) + (len(segments) - 1) * (options.gap_ms / 1000 - xf)
+    for name in ("fade_in_ms", "fade_out_ms"):
+        ms = getattr(options, name)
+        if ms / 1000 > total + _TRIM_SLACK_S:
+            raise BadRequest(f"{name} ({ms}) is longer than the output ({total:.1f} s)", field=name)
+    return total
+
+
+def _spans(durations: list[float], gap_s: float, overlap_s: float) -> list[PartSpan]:
+    spans, at = [], 0.0
+    for i, d in enumerate(durations):
+        spans.append(PartSpan(i, round(at, 6), round(at + d, 6)))
+        at += d + gap_s - overlap_s
+    return spans
+
+
+@contextlib.contextmanager
+def _temp_beside(output: Path):
+    """A temp path in the destination's directory, renamed over ``output`` only on success."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def stitch(parts: list[PartInput], output_path: str | Path, options: Options,
+           progress: Callable[[float], None] | None = None) -> Result:
+    """Join ``parts`` (in output order) into ``output_path``.
+
+    Raises PartNotFound / UnsupportedAudio (``part`` = 0-based index) for bad inputs and
+    BadRequest (``field`` = the option) for options that conflict with the parts' durations.
+    Nothing is left at ``output_path`` on failure.
+    """
+    if not parts:
+        raise BadRequest("at least one part is required", field="message_parts")
+    output = Path(output_path)
+    infos = [probe(p.path, i, p.name) for i, p in enumerate(parts)]
+    mode = plan_mode(infos, parts, options)
+    if mode == "copy":
+        return _copy(infos, output, progress)
+    return _encode(infos, parts, output, options, progress)
+
+
+def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
+    scans = [i.mp3 for i in infos]
+    with _temp_beside(output) as tmp:
+        joined = mp3.join(scans, tmp)
+    if progress:
+        progress(1.0)
+    rate = joined.sample_rate
+    spans = [PartSpan(i, round(a / rate, 6), round(b / rate, 6)) for i, (a, b) in enumerate(joined.part_samples)]
+    return Result(round(joined.samples / rate, 6), "mp3", joined.size_bytes, "copy", spans)
+
+
+def _encode(infos, parts, output: Path, options: Options, progress) -> Result:
+    segments = _segments(infos, parts)
+    total = _check_options(segments, options)
+    if options.loudness_lufs is not None:
+        gains = loudness_gains(segments, options.loudness_lufs)
+        segments = [Segment(s.info, s.start_s, s.duration_s, s.gain_db + g) for s, g in zip(segments, gains, strict=True)]
+    rate, channels = output_rate(options, infos), output_channels(options, infos)
+    with _temp_beside(output) as tmp:
+        cmd = build_command(segments, options, rate, channels, total, tmp)
+        try:
+            run_ffmpeg(cmd, total, progress)
+        except StitchError as exc:
+            raise _blame(infos, exc) from None
+        size = os.path.getsize(tmp)
+    if progress:
+        progress(1.0)
+    overlap = options.crossfade_ms / 1000 if len(segments) > 1 else 0.0
+    spans = _spans([s.duration_s for s in segments], options.gap_ms / 1000, overlap)
+    return Result(round(total, 6), options.format, size, "encode", spans)
+
+
+def _blame(infos: list[AudioInfo], exc: StitchError) -> StitchError:
+    """Turn an ffmpeg failure into an error naming the part it could not decode, if one can't."""
+    from .encode import decodes
+
+    for info in infos:
+        if not decodes(info):
+            return UnsupportedAudio(f"{info.label}: cannot be decoded ({info.codec})", part=info.index)
+    return exc

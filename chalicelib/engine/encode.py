@@ -1,0 +1,171 @@
+"""The re-encode path: one ffmpeg process, one filter graph, streaming straight to the output.
+
+Per part: input-side seek/duration for the trim (ffmpeg seeks instead of decoding the skipped
+audio), then volume (gain + loudness match), resample and channel layout, then silence padding for
+gaps. Parts are joined with ``concat`` or a chain of ``acrossfade``; fades go on the joined stream.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import StitchError, UnsupportedAudio
+from ..ffmpeg import ffmpeg_binary
+from ..options import SAMPLE_RATES, Options
+from .probe import AudioInfo
+
+DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
+_SILENCE_LUFS = -70.0  # at or below: a silent part, leave its level alone
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One part as it enters the graph: the trimmed span of its source and its total gain."""
+
+    info: AudioInfo
+    start_s: float
+    duration_s: float
+    gain_db: float
+
+
+def output_rate(options: Options, infos: list[AudioInfo]) -> int:
+    """The requested rate, else the highest input rate an encoder for every format accepts."""
+    if options.sample_rate:
+        return options.sample_rate
+    highest = max(i.sample_rate for i in infos)
+    return next((r for r in SAMPLE_RATES if r >= highest), SAMPLE_RATES[-1])
+
+
+def output_channels(options: Options, infos: list[AudioInfo]) -> int:
+    return options.channels or min(2, max(i.channels for i in infos))
+
+
+_INTEGRATED = re.compile(r"Integrated loudness:\s*\n\s*I:\s*(-?[\d.]+|-inf) LUFS")
+
+
+def measure_loudness(info: AudioInfo, start_s: float, duration_s: float) -> float:
+    """Integrated loudness (LUFS) of a part's span: a decode-only ebur128 pass, nothing written."""
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-vn", "-sn", "-dn"]
+    if start_s:
+        cmd += ["-ss", f"{start_s:.6f}"]
+    cmd += ["-t", f"{duration_s:.6f}", "-i", str(info.path), "-map", "0:a:0",
+            "-af", "ebur128=framelog=verbose:metadata=0", "-f", "null", "-"]
+    # framelog=verbose prints the summary at info level; the per-frame log goes to verbose only.
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    m = _INTEGRATED.search(proc.stderr)
+    if proc.returncode != 0 or not m:
+        raise UnsupportedAudio(f"{info.label}: cannot be decoded to measure loudness", part=info.index)
+    value = m.group(1)
+    return float("-inf") if value == "-inf" else float(value)
+
+
+def loudness_gains(segments: list[Segment], target_lufs: float) -> list[float]:
+    """Gain (dB) that brings each segment to ``target_lufs``; measured in parallel."""
+    workers = max(1, min(len(segments), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        levels = list(pool.map(lambda s: measure_loudness(s.info, s.start_s, s.duration_s), segments))
+    return [0.0 if level <= _SILENCE_LUFS else target_lufs - level for level in levels]
+
+
+def build_command(segments: list[Segment], options: Options, rate: int, channels: int, total_s: float,
+                  out_path: str) -> list[str]:
+    """The full ffmpeg argv for one encode pass writing ``out_path``."""
+    fmt = options.output_format
+    layout = "mono" if channels == 1 else "stereo"
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+           "-progress", "pipe:1", "-y"]
+    for s in segments:
+        if s.start_s:
+            cmd += ["-ss", f"{s.start_s:.6f}"]
+        cmd += ["-t", f"{s.duration_s:.6f}", "-i", str(s.info.path)]
+    chains = []
+    last = len(segments) - 1
+    gap_samples = round(options.gap_ms * rate / 1000)
+    for i, s in enumerate(segments):
+        chain = [f"[{i}:a:0]"]
+        filters = []
+        if s.gain_db:
+            filters.append(f"volume={s.gain_db:.4f}dB")
+        filters.append(f"aresample={rate}")
+        filters.append(f"aformat=sample_fmts=fltp:channel_layouts={layout}")
+        if gap_samples and i < last:
+            filters.append(f"apad=pad_len={gap_samples}")
+        if options.crossfade_ms and last:
+            # ffmpeg 7.0's acrossfade drops most of its second input when that input arrives in
+            # frames larger than usual (flac's 4608 samples); even frames avoid it.
+            filters.append("asetnsamples=n=1024:p=0")
+        chain.append(",".join(filters))
+        chain.append(f"[p{i}]")
+        chains.append("".join(chain))
+    if len(segments) == 1:
+        joined = "p0"
+    elif options.crossfade_ms:
+        n = round(options.crossfade_ms * rate / 1000)
+        prev = "p0"
+        for i in range(1, len(segments)):
+            label = f"x{i}"
+            chains.append(f"[{prev}][p{i}]acrossfade=ns={n}:c1=tri:c2=tri[{label}]")
+            prev = label
+        joined = prev
+    else:
+        inputs = "".join(f"[p{i}]" for i in range(len(segments)))
+        chains.append(f"{inputs}concat=n={len(segments)}:v=0:a=1[j]")
+        joined = "j"
+    post = []
+    if options.fade_in_ms:
+        post.append(f"afade=t=in:st=0:d={options.fade_in_ms / 1000:.6f}")
+    if options.fade_out_ms:
+        d = options.fade_out_ms / 1000
+        post.append(f"afade=t=out:st={max(0.0, total_s - d):.6f}:d={d:.6f}")
+    if post:
+        chains.append(f"[{joined}]{','.join(post)}[out]")
+        joined = "out"
+    cmd += ["-filter_complex", ";".join(chains), "-map", f"[{joined}]", "-c:a", fmt.codec]
+    bitrate = options.bitrate or DEFAULT_BITRATE.get(fmt.name)
+    if bitrate and not fmt.lossless:
+        cmd += ["-b:a", bitrate]
+    cmd += ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
+    return cmd
+
+
+def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None] | None) -> None:
+    """Run one ffmpeg, feeding ``-progress`` lines to ``progress``; raise StitchError on failure."""
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            last = -1.0
+            for raw in proc.stdout:
+                if progress is None or not raw.startswith(b"out_time_us=") or total_s <= 0:
+                    continue
+                try:
+                    done = int(raw[12:]) / 1e6
+                except ValueError:  # "N/A" before the first frame
+                    continue
+                fraction = min(0.999, max(0.0, done / total_s))
+                if fraction - last >= 0.001:
+                    last = fraction
+                    progress(fraction)
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if code != 0:
+            err.seek(0)
+            tail = err.read()[-2000:].decode("utf-8", "replace").strip()
+            raise StitchError(f"ffmpeg failed (exit {code}): {tail}")
+
+
+def decodes(info: AudioInfo) -> bool:
+    """True if ffmpeg decodes the part's audio without error (used to blame a failed encode)."""
+    proc = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-i", str(info.path),
+         "-map", "0:a:0", "-f", "null", "-"],
+        capture_output=True,
+    )
+    return proc.returncode == 0

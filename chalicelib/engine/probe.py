@@ -1,0 +1,152 @@
+"""Probe an input file cheaply: MP3 by walking its frames, others with mutagen, then ffmpeg.
+
+No ffprobe (no wheel we can ship has it). Every failure becomes a typed error naming the part.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PartNotFound, UnsupportedAudio, part_label
+from ..ffmpeg import ffmpeg_binary
+from . import mp3
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the engine (and the API's work estimate) needs to know about one input."""
+
+    path: Path
+    duration_s: float
+    codec: str
+    sample_rate: int
+    channels: int
+    bitrate_kbps: int | None = None
+    index: int = 0
+    name: str | None = None
+    mp3: mp3.Mp3Scan | None = field(default=None, repr=False, compare=False)  # set for clean MPEG audio
+
+    @property
+    def label(self) -> str:
+        return part_label(self.index, self.name or self.path.name)
+
+
+def probe(path, index: int = 0, name: str | None = None) -> AudioInfo:
+    """Duration, codec, sample rate and channels of ``path``.
+
+    Raises PartNotFound (missing file) or UnsupportedAudio (empty, truncated, not audio), with
+    ``part=index`` and a message such as ``part 3 (b.txt): no audio stream``.
+    """
+    path = Path(path)
+    label = part_label(index, name or path.name)
+    try:
+        size = path.stat().st_size
+    except (FileNotFoundError, NotADirectoryError):
+        raise PartNotFound(f"{label}: file not found", part=index) from None
+    except OSError as exc:
+        raise PartNotFound(f"{label}: cannot read file ({exc.strerror})", part=index) from None
+    if not path.is_file():
+        raise PartNotFound(f"{label}: not a regular file", part=index)
+    if size == 0:
+        raise UnsupportedAudio(f"{label}: empty file", part=index)
+
+    if mp3.looks_like_mp3(path):
+        try:
+            scan = mp3.scan(path)
+        except mp3.Mp3Truncated as exc:
+            raise UnsupportedAudio(f"{label}: {exc}", part=index) from None
+        except mp3.Mp3Error:
+            scan = None  # junk between frames: ffmpeg can still decode it, it just can't be copied
+        if scan is not None:
+            h = scan.header
+            seconds = scan.frames * h.samples / h.sample_rate
+            kbps = round((scan.end - scan.start) * 8 / seconds / 1000)  # the average: right for VBR too
+            return AudioInfo(
+                path, scan.duration_s, "mp3" if h.layer == 3 else f"mp{h.layer}", h.sample_rate, h.channels,
+                kbps, index, name, scan,
+            )
+
+    info = _probe_mutagen(path, index, name)
+    if info is not None:
+        return info
+    return _probe_ffmpeg(path, index, name, label)
+
+
+_MUTAGEN_CODECS = {"WAVE": "pcm", "FLAC": "flac", "OggVorbis": "vorbis", "OggOpus": "opus", "MP4": "aac",
+                   "OggFLAC": "flac", "AIFF": "pcm"}
+
+
+def _probe_mutagen(path: Path, index: int, name: str | None) -> AudioInfo | None:
+    try:
+        import mutagen
+
+        f = mutagen.File(str(path))
+    except Exception:  # mutagen raises many private error types on odd files; ffmpeg decides then
+        return None
+    if f is None or f.info is None:
+        return None
+    kind = type(f).__name__
+    if kind not in _MUTAGEN_CODECS:
+        return None
+    info = f.info
+    length = float(getattr(info, "length", 0) or 0)
+    rate = int(getattr(info, "sample_rate", 0) or 0)
+    channels = int(getattr(info, "channels", 0) or 0)
+    if length <= 0 or rate <= 0 or channels <= 0:
+        return None
+    codec = _MUTAGEN_CODECS[kind]
+    if kind == "MP4":
+        codec = str(getattr(info, "codec", "mp4a") or "mp4a")
+        if not codec.startswith("mp4a"):
+            return None  # ALAC and friends: let ffmpeg say whether it decodes them
+        codec = "aac"
+    bitrate = getattr(info, "bitrate", None)
+    return AudioInfo(path, length, codec, rate, channels, int(bitrate) // 1000 if bitrate else None, index, name)
+
+
+_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2}
+
+
+def _probe_ffmpeg(path: Path, index: int, name: str | None, label: str) -> AudioInfo:
+    """Ask ffmpeg itself (``ffmpeg -i`` prints the stream list, then complains there is no output)."""
+    proc = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
+        capture_output=True, text=True, errors="replace", timeout=60,
+    )
+    text = proc.stderr
+    m = _STREAM.search(text)
+    if not m:
+        raise UnsupportedAudio(f"{label}: no audio stream", part=index)
+    codec, rate, layout = m.group(1), int(m.group(2)), m.group(3).strip()
+    channels = _LAYOUT_CHANNELS.get(layout.split("(")[0].strip())
+    if channels is None:
+        n = re.match(r"(\d+) channels", layout)
+        channels = int(n.group(1)) if n else 2
+    d = _DURATION.search(text)
+    if d:
+        duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3))
+    else:
+        duration = _decoded_duration(path, label, index)
+    if duration <= 0:
+        raise UnsupportedAudio(f"{label}: no audio in the file", part=index)
+    return AudioInfo(path, duration, codec, rate, channels, None, index, name)
+
+
+_OUT_TIME = re.compile(r"out_time_us=(\d+)")
+
+
+def _decoded_duration(path: Path, label: str, index: int) -> float:
+    """Decode once (no output) when the container states no duration, e.g. raw ADTS."""
+    proc = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+         "-f", "null", "-progress", "pipe:1", "-"],
+        capture_output=True, text=True, errors="replace", timeout=600,
+    )
+    times = _OUT_TIME.findall(proc.stdout)
+    if proc.returncode != 0 or not times:
+        raise UnsupportedAudio(f"{label}: cannot be decoded", part=index)
+    return int(times[-1]) / 1e6
