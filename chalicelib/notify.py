@@ -1,0 +1,130 @@
+"""Tell people a job finished: an SES e-mail and an HMAC-signed webhook POST.
+
+Both are best effort: a failed notification is logged, never fails the job. Whether a target is
+notified at all (once per outcome) is decided by the caller's bookkeeping in jobs.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+
+from .config import Settings
+from .errors import StitchError
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Signature"
+WEBHOOK_TIMEOUT_S = 5.0
+BACKOFF_S = 0.5
+
+
+def sign(body: bytes, secret: str) -> str:
+    """``sha256=<hex HMAC-SHA256 of the exact body bytes>`` — what receivers recompute."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, secret: str, header: str) -> bool:
+    """Constant-time check of an ``X-Signature`` header (for receivers and tests)."""
+    return hmac.compare_digest(sign(body, secret), header or "")
+
+
+def webhook_body(job: dict) -> bytes:
+    """The exact bytes POSTed (and signed): the job JSON, keys sorted."""
+    return json.dumps(job, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A redirect could point the POST at an address the SSRF guard never saw.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _describe(job: dict) -> tuple[str, str]:
+    """Subject and plain-text body of the e-mail for a finished job."""
+    job_id = job.get("job_id", "")
+    if job.get("status") == "succeeded":
+        result = job.get("result") or {}
+        subject = "Your audio is ready"
+        text = (
+            f"Job {job_id} succeeded.\n\n"
+            f"Download ({result.get('format', '')}, {result.get('duration_s', 0):.1f} s): {result.get('public_url', '')}\n"
+            f"The link expires at {result.get('expires_at', '')}; GET /jobs/{job_id} gives a fresh one.\n"
+        )
+    else:
+        error = job.get("error") or {}
+        subject = "Your audio job failed"
+        where = f" (part {error['part']})" if error.get("part") is not None else ""
+        text = f"Job {job_id} failed{where}: {error.get('message', 'unknown error')}\n"
+    return subject, text
+
+
+class Notifier:
+    """Sends e-mail through an SES client and webhooks through urllib (no extra dependencies)."""
+
+    def __init__(self, ses_client, settings: Settings, *, sleep=time.sleep,
+                 timeout: float = WEBHOOK_TIMEOUT_S, backoff: float = BACKOFF_S):
+        self.ses = ses_client
+        self.settings = settings
+        self.sleep = sleep
+        self.timeout = timeout
+        self.backoff = backoff
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+    def email(self, to: str, job: dict) -> bool:
+        """One SES message from SENDER_EMAIL; True when SES accepted it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        subject, text = _describe(job)
+        try:
+            self.ses.send_email(
+                Source=self.settings.sender_email,
+                Destination={"ToAddresses": [to]},
+                Message={"Subject": {"Data": subject, "Charset": "UTF-8"},
+                         "Body": {"Text": {"Data": text, "Charset": "UTF-8"}}},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("email job=%s failed: %s", job.get("job_id"), exc)
+            return False
+        return True
+
+    def webhook(self, url: str, job: dict) -> bool:
+        """POST the signed job JSON; retry network errors, 429 and 5xx a bounded number of times."""
+        from .urlguard import check_url
+
+        try:
+            # Checked again here, not only at request time: DNS may have changed since.
+            check_url(url, self.settings, field="webhook_url")
+        except StitchError as exc:
+            log.warning("webhook job=%s refused: %s", job.get("job_id"), exc.message)
+            return False
+        body = webhook_body(job)
+        headers = {"Content-Type": "application/json", "User-Agent": "audio-stitch-webhook/1",
+                   "X-Job-Id": str(job.get("job_id", ""))}
+        if self.settings.webhook_secret:
+            headers[SIGNATURE_HEADER] = sign(body, self.settings.webhook_secret)
+        else:
+            log.warning("webhook job=%s sent unsigned: WEBHOOK_SECRET is not set", job.get("job_id"))
+        attempts = max(1, self.settings.webhook_attempts)
+        for attempt in range(1, attempts + 1):
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            try:
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    response.read(1024)
+                    return True
+            except urllib.error.HTTPError as exc:
+                retry = exc.code == 429 or exc.code >= 500
+                reason = f"HTTP {exc.code}"
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                retry = True
+                reason = str(getattr(exc, "reason", exc))
+            log.warning("webhook job=%s attempt %d/%d failed: %s", job.get("job_id"), attempt, attempts, reason)
+            if not retry:
+                return False
+            if attempt < attempts:
+                self.sleep(self.backoff * 2 ** (attempt - 1))
+        return False

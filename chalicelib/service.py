@@ -1,0 +1,441 @@
+"""The use cases: submit a stitch, run a job (worker), job status, create an upload.
+
+Written against the adapters (Store, JobStore, JobQueue, Notifier), which are handed in, so the
+REST path, the worker, the local stack and the tests all run this same code. The engine and the
+URL fetcher are imported only when a job really needs them (cold start of the REST path).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .config import Settings
+from .errors import BadRequest, NotFound, PartNotFound, StitchError, TransientError, part_label
+from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
+from .notify import Notifier
+from .options import ENGINE_VERSION, Options, reject_unknown
+from .spec import (
+    JOB_ID,
+    StitchSpec,
+    cache_key,
+    key_identity,
+    output_key,
+    parse_request,
+    source_identity,
+    url_identity,
+)
+from .store import ObjectChanged, ObjectMissing, Store, as_transient
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_WORKERS = 8
+PROGRESS_INTERVAL_S = 2.0
+PROGRESS_STEP = 0.05
+MAX_PARTS_METADATA = 1500  # S3 user metadata is capped at 2 KB; longer part lists go to a sidecar
+_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def _part_spans(result: dict) -> list[dict]:
+    return [{"index": p["index"], "start_s": p["start_s"], "end_s": p["end_s"]} for p in result["parts"]]
+
+
+def _encode_spans(parts: list[dict]) -> str:
+    return ",".join(f"{p['start_s']:.3f}-{p['end_s']:.3f}" for p in parts)
+
+
+def _decode_spans(text: str) -> list[dict]:
+    spans = []
+    for i, item in enumerate(filter(None, text.split(","))):
+        start, end = item.split("-")
+        spans.append({"index": i, "start_s": float(start), "end_s": float(end)})
+    return spans
+
+
+class ProgressReporter:
+    """Engine progress -> job record, throttled so a long job makes a few dozen writes, not thousands."""
+
+    def __init__(self, jobs: JobStore, job: Job, *, lo: float = 0.1, hi: float = 0.95, clock=time.monotonic):
+        self.jobs, self.job, self.lo, self.hi, self.clock = jobs, job, lo, hi, clock
+        self._last_at = 0.0
+        self._last = -1.0
+
+    def __call__(self, *args) -> None:
+        # The engine reports a fraction; tolerate (done, total) too.
+        try:
+            fraction = float(args[0]) / float(args[1]) if len(args) >= 2 else float(args[0])
+        except (TypeError, ValueError, ZeroDivisionError, IndexError):
+            return
+        value = self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0)
+        now = self.clock()
+        if value - self._last < PROGRESS_STEP or now - self._last_at < PROGRESS_INTERVAL_S:
+            return
+        self._last, self._last_at = value, now
+        try:
+            self.jobs.set_progress(self.job, value)
+        except Exception:  # progress is cosmetic: never fail a job over it
+            log.warning("progress update failed for job=%s", self.job.job_id, exc_info=True)
+
+
+class StitchService:
+    """Use cases over injected adapters; ``stitch``/``sources`` default to the real modules."""
+
+    def __init__(self, settings: Settings, store: Store, jobs: JobStore, queue: JobQueue, notifier: Notifier,
+                 *, stitch=None, sources=None, clock=time.time):
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.queue = queue
+        self.notifier = notifier
+        self._stitch = stitch
+        self._sources = sources
+        self.clock = clock
+
+    # -- lazily bound collaborators -----------------------------------------------------------
+    @property
+    def stitch(self):
+        if self._stitch is None:
+            from .engine import stitch
+
+            self._stitch = stitch
+        return self._stitch
+
+    @property
+    def sources(self):
+        if self._sources is None:
+            from . import sources
+
+            self._sources = sources
+        return self._sources
+
+    # -- POST /stitch ---------------------------------------------------------------------------
+    def submit(self, body: dict) -> tuple[int, dict]:
+        """Validate, then answer from the cache (200), render inline (200) or queue a job (202)."""
+        s = self.settings
+        spec = parse_request(body, s)
+        key_parts = [p for p in spec.parts if p.key is not None]
+        infos = self.store.head_many(s.bucket_input, [p.key for p in key_parts])
+        by_index = {}
+        for part, info in zip(key_parts, infos, strict=True):
+            if info is None:
+                raise PartNotFound(
+                    f"{part_label(part.index, part.key)}: no such key in bucket {s.bucket_input}", part=part.index
+                )
+            by_index[part.index] = info
+        identities = [
+            key_identity(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
+            if p.key is not None else url_identity(p)
+            for p in spec.parts
+        ]
+        key = cache_key(identities, spec.options)
+        if not spec.has_urls:
+            hit = self.cached_result(key, spec.options)
+            if hit is not None:
+                return 200, self.public_result(hit, cached=True)
+            total = sum(info.size for info in by_index.values())
+            if not spec.force_async and total <= s.inline_max_bytes:
+                return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
+        return 202, self._enqueue(key, spec, identities)
+
+    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[dict]) -> dict:
+        """Create or join the job for this cache key, adding this request's notify targets."""
+        stored = {"request": {**spec.to_dict(), "notify_email": None, "webhook_url": None, "async": None},
+                  "identities": identities}
+        stored["request"] = {k: v for k, v in stored["request"].items() if v is not None}
+        created = self.jobs.create(job_id, stored)
+        self.jobs.add_targets(job_id, [spec.notify_email] if spec.notify_email else [],
+                              [spec.webhook_url] if spec.webhook_url else [])
+        run = 1
+        if not created:
+            job = self.jobs.get(job_id)
+            if job is None:  # expired by TTL between the two calls: start afresh
+                return self._enqueue(job_id, spec, identities)
+            run = job.run
+            if job.finished:
+                # We only get here when the cached result is gone (or the job failed): run it again.
+                again = self.jobs.requeue(job)
+                run = again.run if again is not None else (self.jobs.get(job_id) or job).run
+        # Sent on every submit while queued: FIFO deduplication drops the repeats, and a job whose
+        # first send was lost (crash between put and send) gets its message after all.
+        self.queue.send(job_id, run)
+        return {"job_id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}"}
+
+    # -- cache ------------------------------------------------------------------------------------
+    def cached_result(self, key: str, options: Options) -> dict | None:
+        """The stored result for ``key`` from one HEAD, or None (absent, or expiring before a link would)."""
+        s = self.settings
+        obj = output_key(s, key, options)
+        info = self.store.head(s.bucket_output, obj)
+        if info is None:
+            return None
+        if info.expires_at is not None and info.expires_at <= self.clock() + s.presign_ttl_seconds:
+            # Lifecycle will delete it while the link is still valid: treat as a miss and re-render
+            # (the new PUT restarts the object's lifecycle clock).
+            return None
+        meta = info.metadata
+        try:
+            if meta.get("parts") == "sidecar":
+                sidecar = self.store.get_json(s.bucket_output, f"{obj}.json")
+                if sidecar is None:
+                    return None
+                parts = sidecar["parts"]
+            else:
+                parts = _decode_spans(meta.get("parts", ""))
+            return {"cache_key": key, "output_key": obj, "duration_s": float(meta["duration-s"]),
+                    "format": options.format, "size_bytes": info.size, "mode": meta.get("mode", ""),
+                    "parts": parts}
+        except (KeyError, ValueError):
+            log.warning("cache object %s has no usable metadata; re-rendering", obj)
+            return None
+
+    def public_result(self, result: dict, *, cached: bool) -> dict:
+        """The 200 body: the result plus a freshly presigned link."""
+        url, expires_at = self.store.presign_get(
+            self.settings.bucket_output, result["output_key"], self.settings.presign_ttl_seconds
+        )
+        return {"public_url": url, "cached": cached, "cache_key": result["cache_key"],
+                "duration_s": result["duration_s"], "format": result["format"], "size_bytes": result["size_bytes"],
+                "mode": result.get("mode", ""), "parts": _part_spans(result), "expires_at": expires_at}
+
+    # -- rendering (inline and worker) --------------------------------------------------------------
+    def _workdir(self, label: str) -> Path:
+        Path(self.settings.work_dir).mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"stitch-{label[:12]}-", dir=self.settings.work_dir))
+
+    def _render_inline(self, key: str, spec: StitchSpec, identities: list[dict]) -> dict:
+        workdir = self._workdir(key)
+        try:
+            paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
+            return self._render(key, spec, paths, workdir, progress=None)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _download_keys(self, spec: StitchSpec, identities: list[dict], workdir: Path, *,
+                       changed_is_transient: bool) -> dict[int, Path]:
+        """Download every bucket part concurrently, pinned to the ETag/VersionId in the cache key."""
+        s = self.settings
+
+        def one(part):
+            ident = identities[part.index]
+            target = workdir / f"part-{part.index:03d}{Path(part.key).suffix[:10]}"
+            try:
+                return part.index, self.store.download(
+                    ident.get("bucket", s.bucket_input), part.key, target,
+                    etag=ident.get("etag"), version_id=ident.get("version_id"),
+                )
+            except ObjectMissing:
+                raise PartNotFound(f"{part_label(part.index, part.key)}: no such key in bucket "
+                                   f"{s.bucket_input}", part=part.index) from None
+            except ObjectChanged:
+                message = f"{part_label(part.index, part.key)}: the object was replaced while the request ran"
+                if changed_is_transient:
+                    raise TransientError(message + "; retry", part=part.index) from None
+                raise PartNotFound(message + "; submit the request again", part=part.index) from None
+
+        keys = [p for p in spec.parts if p.key is not None]
+        if not keys:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(keys))) as pool:
+            return dict(pool.map(one, keys))
+
+    def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path, progress) -> dict:
+        """Run the engine over local files and store the result as the cache object (one write)."""
+        from .engine import PartInput
+
+        s = self.settings
+        fmt = spec.options.output_format
+        inputs = [PartInput(path=paths[p.index], options=p.options, name=p.name) for p in spec.parts]
+        output = workdir / f"output.{fmt.extension}"
+        result = self.stitch(inputs, output, spec.options, progress=progress)
+        data = result.to_dict()
+        obj = output_key(s, key, spec.options)
+        spans = _part_spans(data)
+        encoded = _encode_spans(spans)
+        meta = {"duration-s": f"{data['duration_s']:.3f}", "mode": str(data.get("mode", "")),
+                "engine": ENGINE_VERSION}
+        if len(encoded) > MAX_PARTS_METADATA:
+            # Written first, so any reader that sees the audio object also finds its sidecar.
+            self.store.put_json(s.bucket_output, f"{obj}.json", {"parts": spans})
+            meta["parts"] = "sidecar"
+        else:
+            meta["parts"] = encoded
+        self.store.upload(output, s.bucket_output, obj, content_type=fmt.content_type,
+                          filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=meta)
+        return {"cache_key": key, "output_key": obj, "duration_s": data["duration_s"], "format": fmt.name,
+                "size_bytes": output.stat().st_size, "mode": data.get("mode", ""), "parts": spans}
+
+    # -- the worker ------------------------------------------------------------------------------
+    def run_job(self, job_id: str, *, receive_count: int = 1) -> str:
+        """Process one queue message. Returns the outcome; raises only when SQS should retry.
+
+        Permanent errors fail the job at once. Transient ones release the job and raise; on the
+        last receive (``max_receive_count``) the job is marked failed first, then the message
+        goes on to the dead-letter queue.
+        """
+        started = time.monotonic()
+        outcome, attempt = "?", 0
+        try:
+            outcome, attempt = self._run_job(job_id, receive_count)
+            return outcome
+        except BaseException as exc:
+            outcome = f"retry ({type(exc).__name__})"
+            raise
+        finally:
+            log.info("job=%s outcome=%s attempt=%s receive=%d seconds=%.2f", job_id, outcome, attempt,
+                     receive_count, time.monotonic() - started)
+
+    def _run_job(self, job_id: str, receive_count: int) -> tuple[str, int]:
+        job = self.jobs.get(job_id)
+        if job is None:
+            log.warning("job=%s: no record (expired or never created); dropping the message", job_id)
+            return "missing", 0
+        if job.finished:
+            self.notify(job)  # completes notifications of an attempt that died right after finishing
+            return "noop", job.attempts
+        claimed = self.jobs.claim(job_id, self.settings.job_lease_seconds)
+        if claimed is None:
+            job = self.jobs.get(job_id)
+            if job is None or job.finished:
+                if job is not None:
+                    self.notify(job)
+                return "noop", 0
+            if receive_count >= self.settings.max_receive_count:
+                # Another attempt holds a live lease and will finish the job; don't fail it under it.
+                return "busy", job.attempts
+            raise TransientError(f"job {job_id} is running under another attempt's lease")
+        last = receive_count >= self.settings.max_receive_count
+        try:
+            result = self._execute(claimed)
+        except Exception as exc:
+            error = exc if isinstance(exc, StitchError) else as_transient(exc)
+            if error is not None and error.permanent:
+                self._finish(claimed, FAILED, error=self._error_body(error))
+                return "failed", claimed.attempts
+            reason = error.message if error is not None else f"internal error ({type(exc).__name__})"
+            if error is None:
+                log.exception("job=%s attempt=%d: unexpected error", job_id, claimed.attempts)
+            if last:
+                self._finish(claimed, FAILED, error={
+                    "code": "transient", "message": f"gave up after {receive_count} attempts: {reason}"})
+            else:
+                self.jobs.release(claimed)
+            raise
+        self._finish(claimed, SUCCEEDED, result=result)
+        return "succeeded", claimed.attempts
+
+    def _finish(self, job: Job, status: str, **kwargs) -> None:
+        done = self.jobs.finish(job, status, **kwargs)
+        if done is None:
+            log.warning("job=%s attempt=%d lost its lease before finishing; outcome dropped",
+                        job.job_id, job.attempts)
+            return
+        self.notify(done)
+
+    @staticmethod
+    def _error_body(error: StitchError) -> dict:
+        body = {"code": error.code, "message": error.message}
+        if error.part is not None:
+            body["part"] = error.part
+        if error.field is not None:
+            body["field"] = error.field
+        return body
+
+    def _execute(self, job: Job) -> dict:
+        """Identify URL parts, check the content cache, fetch what is missing, render, store."""
+        s = self.settings
+        spec = StitchSpec.from_dict(job.spec["request"], s)
+        identities = list(job.spec["identities"])
+        workdir = self._workdir(job.job_id)
+        try:
+            url_parts = [p for p in spec.parts if p.url is not None]
+            for p in url_parts:
+                info = self.sources.identify_url(p.url, index=p.index, settings=s)
+                identities[p.index] = source_identity(p, info.source_id)
+            key = cache_key(identities, spec.options)
+            hit = self.cached_result(key, spec.options)
+            if hit is not None:
+                return {**hit, "cached": True}
+            progress = ProgressReporter(self.jobs, job)
+            paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
+            for p in url_parts:
+                fetched = self.sources.fetch_url(p.url, index=p.index, workdir=workdir, settings=s,
+                                                 s3_client=self.store.s3)
+                paths[p.index] = Path(fetched.path)
+            progress(0.0)
+            return {**self._render(key, spec, paths, workdir, progress), "cached": False}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- notifications -----------------------------------------------------------------------------
+    def notify(self, job: Job) -> None:
+        """Tell every target about this run's outcome, each at most once (conditional markers)."""
+        if not job.finished or not (job.emails or job.webhooks):
+            return
+        view = self.job_view(job)
+        for email in sorted(job.emails):
+            if self.jobs.mark_notified(job.job_id, notify_marker(job.run, job.status, "email", email)):
+                self.notifier.email(email, view)
+        for url in sorted(job.webhooks):
+            if self.jobs.mark_notified(job.job_id, notify_marker(job.run, job.status, "webhook", url)):
+                self.notifier.webhook(url, view)
+
+    # -- GET /jobs/{id} ------------------------------------------------------------------------------
+    def job_view(self, job: Job) -> dict:
+        body = job.public()
+        if job.result is not None:
+            body["result"] = self.public_result(job.result, cached=bool(job.result.get("cached", False)))
+        return body
+
+    def job_status(self, job_id: str) -> dict:
+        """The job as JSON, with a fresh link when it succeeded; NotFound for unknown ids."""
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            raise NotFound(f"no job {job_id!r}", field="job_id")
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", field="job_id")
+        return self.job_view(job)
+
+    # -- POST /uploads -------------------------------------------------------------------------------
+    def create_upload(self, body: dict) -> dict:
+        """A presigned PUT into the input bucket under ``uploads/``; the key is then usable as a part."""
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object", field="body")
+        reject_unknown(body, {"filename"})
+        name = body.get("filename")
+        if name is None:
+            raise BadRequest("filename is required", field="filename")
+        if not isinstance(name, str):
+            raise BadRequest(f"filename must be a string, got {type(name).__name__}", field="filename")
+        if not name.strip() or len(name) > 200 or name in (".", "..") or _FILENAME_BAD.search(name) or ".." in name:
+            raise BadRequest("filename must be a plain file name (1-200 characters, no '/', '\\' or '..')",
+                             field="filename")
+        s = self.settings
+        key = f"{s.uploads_prefix}{uuid.uuid4().hex}/{name}"
+        url, expires_at = self.store.presign_put(s.bucket_input, key, s.presign_ttl_seconds)
+        return {"key": key, "upload_url": url, "method": "PUT", "expires_at": expires_at}
+
+    def health(self) -> dict:
+        return {"status": "ok", "engine_version": ENGINE_VERSION, "stage": self.settings.stage}
+
+
+def build_service(settings: Settings | None = None, **overrides) -> StitchService:
+    """Wire the real adapters to boto3 clients (AWS_ENDPOINT_URL is honoured by boto3 itself)."""
+    import boto3
+    from botocore.config import Config
+
+    from .config import get_settings
+
+    settings = settings or get_settings()
+    session = boto3.session.Session(region_name=settings.aws_region)
+    base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
+    s3 = session.client("s3", config=base.merge(Config(signature_version="s3v4")))
+    store = Store(s3)
+    jobs = JobStore(session.client("dynamodb", config=base), settings.jobs_table, ttl_days=settings.job_ttl_days)
+    queue = JobQueue(session.client("sqs", config=base), settings.queue_name)
+    notifier = Notifier(session.client("ses", config=base), settings)
+    return StitchService(settings, store, jobs, queue, notifier, **overrides)
