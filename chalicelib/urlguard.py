@@ -84,7 +84,9 @@ def _parse_ip(sockaddr_host: str) -> IPAddress:
     return ipaddress.ip_address(sockaddr_host.split("%", 1)[0])
 
 
-def _resolve(host: str, port: int, resolver: Resolver) -> list[tuple]:
+def _resolve(host: str, port: int, resolver: Resolver | None) -> list[tuple]:
+    # Looked up at call time (not bound as a default) so tests can swap socket.getaddrinfo.
+    resolver = resolver or socket.getaddrinfo
     try:
         answers = list(resolver(host, port, 0, socket.SOCK_STREAM))
     except (socket.gaierror, UnicodeError, OSError) as exc:
@@ -119,13 +121,13 @@ def check_addresses(host: str, port: int, answers: Sequence[tuple], settings: Se
 
 
 def check_url(url: str, settings: Settings, *, field: str,
-              resolver: Resolver = socket.getaddrinfo) -> None:
+              resolver: Resolver | None = None) -> None:
     """Refuse ``url`` with ``SourceRefused(field=field)`` unless it is safe to fetch.
 
     Rules: http/https only, no userinfo, the default port unless listed in
     ``settings.allowed_url_ports``, and every address the host resolves to must be public
     (loopback only with ``settings.allow_loopback_urls``). ``resolver`` has getaddrinfo's
-    signature; tests inject a fake one so no DNS lookup happens.
+    signature (default ``socket.getaddrinfo``); tests inject a fake one so no DNS lookup happens.
     """
     try:
         _check_url(url, settings, resolver)
@@ -137,7 +139,7 @@ def _short(url: str, limit: int = 200) -> str:
     return url if len(url) <= limit else url[:limit] + "..."
 
 
-def _check_url(url: str, settings: Settings, resolver: Resolver) -> None:
+def _check_url(url: str, settings: Settings, resolver: Resolver | None) -> None:
     if not isinstance(url, str) or not url:
         raise SourceRefused("URL must be a non-empty string")
     # Parsers disagree about control characters and whitespace; refusing them removes the
@@ -173,7 +175,7 @@ class GuardedConnector:
     refusal is kept in ``refusal`` because callers above (urllib, yt-dlp) wrap the exception.
     """
 
-    def __init__(self, settings: Settings, *, resolver: Resolver = socket.getaddrinfo):
+    def __init__(self, settings: Settings, *, resolver: Resolver | None = None):
         self.settings = settings
         self.resolver = resolver
         self.refusal: SourceRefused | None = None
