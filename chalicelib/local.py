@@ -298,9 +298,9 @@ def banner(state: RunState, settings) -> str:
         f"    curl -s -X POST {api}/stitch -H 'Content-Type: application/json' -d '{parts}'",
         "  Queued (add \"async\": true), then poll:",
         f"    curl -s {api}/jobs/<job_id>",
-        "  Your own file:",
-        f"    AWS_ENDPOINT_URL={state.moto_url} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "
-        f"aws s3 cp intro.mp3 s3://{settings.bucket_input}/intro.mp3",
+        "  Your own file (then use the returned key as a part):",
+        f"    curl -s -X POST {api}/uploads -H 'Content-Type: application/json' -d '{{\"filename\": \"my.mp3\"}}'",
+        "    curl -s -X PUT --upload-file my.mp3 '<upload_url>'",
         "",
         "  Ctrl-C stops everything.",
         "",

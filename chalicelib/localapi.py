@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -54,10 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     from chalice.cli.factory import CLIFactory
     from chalice.local import ChaliceRequestHandler, create_local_server
 
+    verbose = bool(os.environ.get("LOCAL_RUN_VERBOSE"))
+    handled = threading.local()
+
     class LoggingHandler(ChaliceRequestHandler):
-        # One line per request on stdout, beside the worker's lines, instead of stderr.
+        # app.py logs one line per request it handles; requests Chalice answers before reaching a
+        # view (403 no such route, 405, 415) would leave no trace, so those get the HTTP line here.
+        def parse_request(self):
+            handled.app_logged = False
+            return super().parse_request()
+
         def log_message(self, format, *fmt_args):  # noqa: A002 - BaseHTTPRequestHandler's name
-            print(f"api    | {self.address_string()} {format % fmt_args}", flush=True)
+            if verbose or not getattr(handled, "app_logged", False):
+                print(f"api    | {self.address_string()} {format % fmt_args}", flush=True)
 
     # Same as `chalice local`: the app's logger (app.log) prints to stdout as on Lambda.
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
@@ -66,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     factory = CLIFactory(args.project_dir, environ=_ParentEnvWins())
     config = factory.create_config_obj(chalice_stage_name=args.stage)
     app_obj = config.chalice_app
+
+    def note_app_logged(record):
+        handled.app_logged = True  # the view runs on the request's thread
+        return True
+
+    app_obj.log.addFilter(note_app_logged)
     validate_routes(app_obj.routes)
     server = create_local_server(app_obj, config, args.host, args.port)
     server.server.RequestHandlerClass = functools.partial(LoggingHandler, app_object=app_obj, config=config)

@@ -146,7 +146,7 @@ class Poller:
         first = messages[0]
         attrs = first.get("Attributes", {})
         receives = int(attrs.get("ApproximateReceiveCount", "1"))
-        label = f"message {first['MessageId'][:8]} group={attrs.get('MessageGroupId', '-')} receive #{receives}"
+        label = f"message {first['MessageId'][:8]} group={attrs.get('MessageGroupId', '-')[:16]} receive #{receives}"
         started = time.monotonic()
         try:
             self.handler(event, context)
