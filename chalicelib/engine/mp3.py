@@ -227,7 +227,7 @@ def _trailing_tags(f, file_size: int, floor: int) -> int:
             f.seek(end - 32)
             footer = f.read(32)
             if footer[:8] == b"APETAGEX":
-                size, flags = struct.unpack_from("<II", footer, 12)
+                size, _items, flags = struct.unpack_from("<III", footer, 12)
                 has_header = bool(flags & 0x80000000)
                 tag_total = size + (32 if has_header else 0)
                 if end - tag_total >= floor:
@@ -373,13 +373,15 @@ def build_tag_frame(h: FrameHeader, frames: int, total_bytes: int, toc: bytes, *
     return bytes(out)
 
 
-def _toc(scans: list[Mp3Scan], header_size: int, total_bytes: int) -> bytes:
-    """Xing TOC: for each percent of play time, the byte position (in 1/256 of the file)."""
+def _toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
+    """Xing TOC: for each percent of play time, the byte position in 1/256 of the stream.
+
+    Positions count from the first audio frame, so entry 0 is 0 as in LAME's own tags."""
     total_frames = sum(s.frames for s in scans)
     toc = bytearray(100)
     part_first_frame, part_first_byte = [], []
     frames = 0
-    byte = header_size
+    byte = 0
     for s in scans:
         part_first_frame.append(frames)
         part_first_byte.append(byte)
@@ -451,7 +453,7 @@ def join(scans: list[Mp3Scan], out_path: str | Path) -> JoinInfo:
     total_bytes = tag_size + audio_bytes
     vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
     delay, padding = scans[0].encoder_delay, scans[-1].encoder_padding
-    frame = build_tag_frame(h, total_frames, total_bytes, _toc(scans, tag_size, total_bytes), vbr=vbr,
+    frame = build_tag_frame(h, total_frames, total_bytes, _toc(scans, total_bytes), vbr=vbr,
                             delay=delay, padding=padding)
     part_samples = []
     at = 0

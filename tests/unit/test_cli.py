@@ -1,0 +1,122 @@
+"""The stitch CLI: JSON on stdout, one-line errors naming the option or part, a bar only on a tty."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+from chalicelib.cli import main, parse_part
+from tests.audio import decoded_duration, make_tone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "notes.txt").write_text("not audio\n")
+    return {"a": make_tone(d / "a.mp3", 1.0), "b": make_tone(d / "b.wav", 1.5, rate=22050, channels=1),
+            "txt": d / "notes.txt"}
+
+
+def test_stitch_prints_result_json(files, tmp_path, capsys):
+    out = tmp_path / "o.ogg"
+    code = main([str(files["a"]), f"{files['b']}@0.5-1.25", "-o", str(out), "--format", "ogg",
+                 "--gap-ms", "250", "--sample-rate", "22050"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.err == ""
+    result = json.loads(captured.out)
+    assert result["mode"] == "encode" and result["format"] == "ogg"
+    assert result["parts"][1]["start_s"] == pytest.approx(1.25, abs=0.01)
+    assert result["duration_s"] == pytest.approx(2.0, abs=0.02)
+    assert decoded_duration(out) == pytest.approx(2.0, abs=0.03)
+    assert result["size_bytes"] == out.stat().st_size
+
+
+def test_copy_join_from_cli(files, tmp_path, capsys):
+    out = tmp_path / "o.mp3"
+    assert main([str(files["a"]), str(files["a"]), "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "copy"
+
+
+def test_part_suffix_syntax(tmp_path):
+    p = parse_part("x/a.mp3@1.5-3@-6dB", 0)
+    assert (p.path, p.options.start_s, p.options.end_s, p.options.gain_db) == (Path("x/a.mp3"), 1.5, 3.0, -6.0)
+    assert parse_part("a.mp3@-2", 0).options.end_s == 2.0
+    assert parse_part("a.mp3@@+2.5dB", 0).options.gain_db == 2.5
+    weird = tmp_path / "take@1-2"  # a real file with such a name is taken as it is
+    weird.write_bytes(b"x")
+    assert parse_part(str(weird), 0).path == weird and parse_part(str(weird), 0).options.is_identity
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gap-ms", "-5"], "error: --gap-ms: gap_ms must be between 0 and 60000, got -5"),
+    (["--format", "aiff"], "error: --format: format must be one of"),
+    (["--gap-ms", "100", "--crossfade-ms", "100"], "error: --crossfade-ms: crossfade_ms and gap_ms"),
+    (["--crossfade-ms", "1200"], "error: crossfade_ms (1200) is longer than part 0 (a.mp3) (1.0 s)"),
+])
+def test_bad_options_exit_2_with_the_option_named(files, tmp_path, capsys, extra, message):
+    code = main([str(files["a"]), str(files["a"]), "-o", str(tmp_path / "o.mp3"), *extra])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_part_exit_2(files, tmp_path, capsys):
+    assert main([str(files["a"]), str(files["txt"]), "-o", str(tmp_path / "o.mp3")]) == 2
+    assert capsys.readouterr().err == "error: part 1 (notes.txt): no audio stream\n"
+    assert main([str(tmp_path / "nope.mp3"), "-o", str(tmp_path / "o.mp3")]) == 2
+    assert capsys.readouterr().err == "error: part 0 (nope.mp3): file not found\n"
+    assert main([f"{files['a']}@2-1", "-o", str(tmp_path / "o.mp3")]) == 2
+    assert "end_s (1) must be after start_s (2)" in capsys.readouterr().err
+
+
+def run_cli(args, tty: bool):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "chalicelib", "stitch", *args]
+    if not tty:
+        proc = subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
+        return proc.returncode, proc.stdout, proc.stderr
+    master, slave = pty.openpty()
+    # A fresh pty has a 0x0 window; a real terminal has a size, and tqdm draws to fit it.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT)
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        err += chunk
+    out = proc.stdout.read()
+    proc.stdout.close()
+    code = proc.wait()
+    os.close(master)
+    return code, out, err
+
+
+def test_progress_bar_only_on_a_tty(files, tmp_path):
+    args = [str(files["b"]), str(files["b"]), "--gap-ms", "50", "--format", "wav"]
+    code, out, err = run_cli([*args, "-o", str(tmp_path / "quiet.wav")], tty=False)
+    assert code == 0 and err == b"" and json.loads(out)["mode"] == "encode"
+    code, out, err = run_cli([*args, "-o", str(tmp_path / "bar.wav")], tty=True)
+    assert code == 0 and json.loads(out)["mode"] == "encode"
+    assert b"%|" in err  # tqdm drew a bar on the terminal
+
+
+def test_error_has_no_traceback(files, tmp_path):
+    code, out, err = run_cli([str(files["txt"]), "-o", str(tmp_path / "o.mp3")], tty=False)
+    assert code == 2 and out == b""
+    assert err == b"error: part 0 (notes.txt): no audio stream\n"

@@ -1,0 +1,178 @@
+"""Copy-mode joins: frame walking, tag stripping, and a header that tells the true duration."""
+from __future__ import annotations
+
+import struct
+
+import mutagen.mp3
+import pytest
+
+from chalicelib.engine import PartInput, mp3, plan_mode, probe, stitch
+from chalicelib.options import Options, PartOptions
+from tests.audio import decoded_frames, make_tone
+
+VBR = ["-q:a", "2"]
+
+
+def id3v2(footer: bool = False) -> bytes:
+    body = b"TIT2" + struct.pack(">I", 6) + b"\x00\x00" + b"\x03title"
+    size = len(body)
+    syncsafe = bytes(((size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F))
+    flags = 0x10 if footer else 0
+    tag = b"ID3\x04\x00" + bytes([flags]) + syncsafe + body
+    return tag + (b"3DI\x04\x00" + bytes([flags]) + syncsafe if footer else b"")
+
+
+def ape() -> bytes:
+    item = struct.pack("<II", 5, 0) + b"Title\x00" + b"hello"
+    size = len(item) + 32
+    header = b"APETAGEX" + struct.pack("<IIII", 2000, size, 1, 0xA0000000) + b"\x00" * 8
+    footer = b"APETAGEX" + struct.pack("<IIII", 2000, size, 1, 0x80000000) + b"\x00" * 8
+    return header + item + footer
+
+
+ID3V1 = b"TAG" + b"title".ljust(30, b"\x00") + b"\x00" * 95
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mp3")
+    out = {
+        "a": make_tone(d / "a.mp3", 1.0),
+        "b": make_tone(d / "b.mp3", 0.7, freq=660),
+        "c": make_tone(d / "c.mp3", 1.3, freq=880),
+        "va": make_tone(d / "va.mp3", 1.2, extra=VBR),
+        "vb": make_tone(d / "vb.mp3", 0.9, freq=300, extra=VBR),
+        "mono": make_tone(d / "mono.mp3", 1.0, channels=1),
+        "m22": make_tone(d / "m22.mp3", 1.0, rate=22050),
+        "m22b": make_tone(d / "m22b.mp3", 0.6, rate=22050, freq=500),
+        "m8a": make_tone(d / "m8a.mp3", 0.8, rate=8000, channels=1, extra=["-b:a", "8k"]),
+        "m8b": make_tone(d / "m8b.mp3", 0.5, rate=8000, channels=1, extra=["-b:a", "8k"]),
+    }
+    tagged = d / "tagged.mp3"
+    tagged.write_bytes(id3v2(footer=True) + out["b"].read_bytes() + ape() + ID3V1)
+    out["tagged"] = tagged
+    return out
+
+
+def check_header_matches_decode(path, parts):
+    """Header duration (mutagen) == decoded duration (pydub) and == the parts' sum within a frame each."""
+    info = mutagen.mp3.MP3(str(path)).info
+    decoded = decoded_frames(path)
+    spf = mp3.scan(path).header.samples
+    assert round(info.length * info.sample_rate) == decoded
+    # Frames are copied whole, so at each junction the encoder's padding (end of one part) and
+    # delay (start of the next) stay in: exactly that, nothing more, nothing less.
+    scans = [mp3.scan(p) for p in parts]
+    junctions = sum(a.encoder_padding + b.encoder_delay for a, b in zip(scans, scans[1:], strict=False))
+    expected = sum(decoded_frames(p) for p in parts)
+    assert decoded == expected + junctions
+    if spf == 1152:  # MPEG-1: within one frame per part
+        assert decoded - expected <= spf * len(parts)
+    return decoded, info.sample_rate
+
+
+@pytest.mark.parametrize("names", [("a", "b", "c"), ("va", "vb", "va"), ("m22", "m22b"), ("m8a", "m8b", "m8a"),
+                                   ("a", "tagged", "c")])
+def test_copy_join_header_duration_equals_decoded(tones, tmp_path, names):
+    paths = [tones[n] for n in names]
+    out = tmp_path / "joined.mp3"
+    result = stitch([PartInput(p) for p in paths], out, Options())
+    assert result.mode == "copy"
+    decoded, rate = check_header_matches_decode(out, paths)
+    assert result.duration_s == pytest.approx(decoded / rate, abs=1e-5)
+    assert result.size_bytes == out.stat().st_size
+    assert result.parts[-1].end_s == pytest.approx(result.duration_s, abs=1e-5)
+    scan = mp3.scan(out)
+    assert scan.frames == sum(mp3.scan(p).frames for p in paths)
+    assert scan.vbr_tag.frames == scan.frames
+    assert scan.vbr_tag.kind == ("Xing" if names[0].startswith("v") else "Info")
+    assert scan.vbr_tag.bytes == out.stat().st_size
+    assert list(scan.vbr_tag.toc) == sorted(scan.vbr_tag.toc) and scan.vbr_tag.toc[0] == 0
+
+
+def test_copy_join_drops_every_tag(tones, tmp_path):
+    out = tmp_path / "j.mp3"
+    stitch([PartInput(tones["tagged"]), PartInput(tones["tagged"])], out, Options())
+    data = out.read_bytes()
+    assert data[:2] == b"\xff\xfb"  # the new Info frame comes first: no ID3v2 kept
+    assert b"APETAGEX" not in data and b"3DI" not in data and not data[-128:].startswith(b"TAG")
+    # Each tagged input held the same frames as the untagged original.
+    assert mp3.scan(out).frames == 2 * mp3.scan(tones["b"]).frames
+
+
+def test_part_offsets_follow_frames(tones, tmp_path):
+    parts = [PartInput(tones[n]) for n in ("a", "b", "c")]
+    result = stitch(parts, tmp_path / "j.mp3", Options())
+    spans = result.parts
+    assert [s.index for s in spans] == [0, 1, 2]
+    assert spans[0].start_s == 0 and spans[1].start_s == spans[0].end_s and spans[2].start_s == spans[1].end_s
+    for span, name in zip(spans, ("a", "b", "c"), strict=True):
+        assert span.end_s - span.start_s == pytest.approx(probe(tones[name]).duration_s, abs=2 * 1152 / 44100)
+
+
+@pytest.mark.parametrize("names, options, part_options", [
+    (("a", "mono"), {}, None),  # channel mode differs
+    (("a", "m22"), {}, None),  # sample rate / MPEG version differs
+    (("a", "b"), {"gap_ms": 100}, None),
+    (("a", "b"), {"bitrate": "128k"}, None),
+    (("a", "b"), {"format": "wav"}, None),
+    (("a", "b"), {}, {"gain_db": 3}),
+    (("a", "b"), {}, {"start_s": 0.1}),
+])
+def test_plan_falls_back_to_encode(tones, tmp_path, names, options, part_options):
+    po = PartOptions.from_dict(part_options or {})
+    parts = [PartInput(tones[names[0]]), PartInput(tones[names[1]], po)]
+    opts = Options.from_dict(options)
+    assert plan_mode([probe(p.path, i) for i, p in enumerate(parts)], parts, opts) == "encode"
+    assert stitch(parts, tmp_path / f"o.{opts.format}", opts).mode == "encode"
+
+
+def test_tag_crc_matches_lame(tones):
+    """Our LAME-tag CRC agrees with the one libmp3lame wrote into a real file."""
+    s = mp3.scan(tones["a"])
+    with open(tones["a"], "rb") as f:
+        f.seek(s.start - s.header.size)
+        frame = f.read(s.header.size)
+    p = 4 + s.header.side_info + 120
+    assert mp3._crc16(frame[:p + 34]) == struct.unpack(">H", frame[p + 34:p + 36])[0]
+
+
+def test_truncated_file_is_detected(tones, tmp_path):
+    data = tones["a"].read_bytes()
+    half = tmp_path / "half.mp3"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(mp3.Mp3Truncated, match="truncated"):
+        mp3.scan(half)
+    s = mp3.scan(tones["a"])
+    on_boundary = tmp_path / "boundary.mp3"  # cut between two frames: only the header knows
+    on_boundary.write_bytes(data[: s.offsets[1]])
+    with pytest.raises(mp3.Mp3Truncated, match=f"header announces {s.frames} frames, the file holds 32"):
+        mp3.scan(on_boundary)
+    # Without a Xing frame, a cut-off last frame gives it away.
+    s = mp3.scan(tones["a"])
+    bare = tmp_path / "bare.mp3"
+    bare.write_bytes(data[s.start:s.end - 100])
+    with pytest.raises(mp3.Mp3Truncated, match="cut off"):
+        mp3.scan(bare)
+
+
+def test_garbage_between_frames_is_encoded_not_copied(tones, tmp_path):
+    data = tones["a"].read_bytes()
+    s = mp3.scan(tones["a"])
+    mid = s.offsets[1]
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(data[:mid] + b"\x00" * 700 + data[mid:])
+    with pytest.raises(mp3.Mp3Error, match="garbage"):
+        mp3.scan(junk)
+    assert probe(junk).mp3 is None
+    result = stitch([PartInput(junk), PartInput(tones["b"])], tmp_path / "o.mp3", Options())
+    assert result.mode == "encode"
+
+
+def test_scan_reads_in_chunks(tones, tmp_path, monkeypatch):
+    """Frames that straddle chunk boundaries are walked the same as with one big read."""
+    whole = mp3.scan(tones["c"])
+    monkeypatch.setattr(mp3, "CHUNK", 1000)
+    chunked = mp3.scan(tones["c"])
+    assert (chunked.frames, chunked.start, chunked.end) == (whole.frames, whole.start, whole.end)
+    assert list(chunked.offsets) == list(whole.offsets)
