@@ -146,12 +146,14 @@ def _protocol(fmt: dict) -> str:
 
 
 def select_audio_format(formats: list[dict]) -> dict | None:
-    """The best audio-only format among ``formats`` (yt-dlp orders them worst to best), or None.
+    """The best audio-only format among ``formats``, or None.
 
     Only formats downloaded through yt-dlp's own HTTP stack (so through the SSRF guard), without
     DRM, with audio. Known video formats are never chosen; a format whose codecs are unknown
     (a direct link served as ``application/octet-stream``) is the fallback when no format says
-    it is audio-only. Dynamic-range-compressed variants come after their originals.
+    it is audio-only. Ranking: the original/default language track, then not dynamic-range
+    compressed, then bitrate and sample rate; ties go to the later format (yt-dlp lists worst
+    first). The ranking is ours so the choice does not depend on whether yt-dlp sorted yet.
     """
     usable = [f for f in formats
               if _protocol(f) in GUARDED_PROTOCOLS and not f.get("has_drm") and f.get("acodec") != "none"]
@@ -160,8 +162,14 @@ def select_audio_format(formats: list[dict]) -> dict | None:
         pool = [f for f in usable if f.get("vcodec") is None]
     if not pool:
         return None
-    plain = [f for f in pool if "drc" not in str(f.get("format_id", "")).lower()]
-    return (plain or pool)[-1]
+
+    def rank(item):
+        position, f = item
+        drc = "drc" in str(f.get("format_id", "")).lower() or "drc" in str(f.get("format_note", "")).lower()
+        return (f.get("language_preference") or 0, not drc, f.get("abr") or f.get("tbr") or 0,
+                f.get("asr") or 0, position)
+
+    return max(enumerate(pool), key=rank)[1]
 
 
 def info_formats(info: dict) -> list[dict]:
@@ -463,7 +471,7 @@ def _extract(ydl, connector: GuardedConnector, url: str, *, index: int, settings
     from yt_dlp.utils import DownloadError, YoutubeDLError
 
     label = _label(index, url)
-    target, carried = url, {}
+    target, carried = single_video_url(url), {}
     for _ in range(MAX_URL_HOPS):
         try:
             info = ydl.extract_info(target, download=False, process=False)
@@ -489,7 +497,12 @@ def _extract(ydl, connector: GuardedConnector, url: str, *, index: int, settings
     raise SourceUnavailable(f"{label}: more than {MAX_URL_HOPS} redirections")
 
 
-def _check_info(info: dict, url: str, *, index: int, settings: Settings) -> SourceInfo:
+def check_info(info: dict, url: str, *, index: int, settings: Settings) -> SourceInfo:
+    """Apply the source rules to a yt-dlp info dict (``process=False``) and name the source.
+
+    Refuses (SourceRefused) a disallowed extractor, a live/upcoming stream, a known duration
+    over ``settings.max_source_seconds``; SourceUnavailable when no audio format can be chosen.
+    """
     label = _label(index, url)
     reason = (extractor_refusal(info, settings.allowed_extractors) or live_refusal(info)
               or duration_refusal(info.get("duration"), settings.max_source_seconds))
@@ -506,13 +519,19 @@ def _check_info(info: dict, url: str, *, index: int, settings: Settings) -> Sour
         title=info.get("title"), is_live=False, ext=safe_ext(chosen.get("ext") or info.get("ext")))
 
 
-def _refuse_unsafe(url: str, *, index: int, settings: Settings) -> None:
+def _refuse_unsafe(url: str, *, index: int, settings: Settings) -> tuple[str, str]:
+    """Up-front refusals (SSRF rule, extractor allow-list); returns the offline identity."""
+    label = _label(index, url)
     try:
         check_url(url, settings, field=f"message_parts[{index}].url")
     except SourceRefused as exc:
-        raise SourceRefused(exc.message.replace(url, _label(index, url), 1)
-                            if exc.message.startswith(url) else f"{_label(index, url)}: {exc.message}",
-                            part=index) from None
+        reason = exc.message[len(url) + 2:] if exc.message.startswith(f"{url}: ") else exc.message
+        raise SourceRefused(f"{label}: {reason}", part=index) from None
+    extractor, video_id = offline_identity(url, settings)
+    if extractor not in {a.lower() for a in settings.allowed_extractors}:
+        raise SourceRefused(f"{label}: no allowed extractor handles this URL "
+                            f"(allowed: {', '.join(settings.allowed_extractors)})", part=index)
+    return extractor, video_id
 
 
 def identify_url(url: str, *, index: int, settings: Settings) -> SourceInfo:
@@ -527,10 +546,30 @@ def identify_url(url: str, *, index: int, settings: Settings) -> SourceInfo:
     with ydl:
         try:
             info = _extract(ydl, connector, url, index=index, settings=settings)
-            return _check_info(info, url, index=index, settings=settings)
+            return check_info(info, url, index=index, settings=settings)
         except StitchError as exc:
             exc.part = index
             raise
+
+
+_YOUTUBE_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtube-nocookie\.com)$")
+_PLAYLIST_PARAMS = frozenset({"list", "index", "start_radio", "pp"})
+
+
+def single_video_url(url: str) -> str:
+    """A YouTube watch URL without its playlist parameters (``noplaylist`` made explicit).
+
+    yt-dlp hands ``watch?v=X&list=Y`` to its playlist extractor, which is not an allowed one;
+    the video alone is what a part means.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not _YOUTUBE_HOSTS.search((parts.hostname or "").lower()):
+        return url
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not any(k == "v" for k, _ in query) or not any(k in _PLAYLIST_PARAMS for k, _ in query):
+        return url
+    kept = urllib.parse.urlencode([(k, v) for k, v in query if k not in _PLAYLIST_PARAMS])
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, kept, parts.fragment))
 
 
 def offline_identity(url: str, settings: Settings) -> tuple[str, str]:
@@ -541,6 +580,7 @@ def offline_identity(url: str, settings: Settings) -> tuple[str, str]:
     """
     from yt_dlp.extractor import gen_extractor_classes
 
+    url = single_video_url(url)
     allowed = {a.lower() for a in settings.allowed_extractors}
     for ie in gen_extractor_classes():
         name = ie.IE_NAME.lower()
@@ -661,9 +701,7 @@ def _fetch(url: str, *, index: int, workdir: Path, settings: Settings, s3_client
     from yt_dlp.utils import DownloadCancelled, DownloadError, YoutubeDLError
 
     label = _label(index, url)
-    _refuse_unsafe(url, index=index, settings=settings)
-
-    extractor, video_id = offline_identity(url, settings)
+    extractor, video_id = _refuse_unsafe(url, index=index, settings=settings)
     key = _cached_key(s3_client, settings, extractor, video_id, label)
     if key:
         hit = _from_cache(s3_client, settings, key, workdir / f"url-{index}.{key.rsplit('.', 1)[-1]}",
@@ -692,7 +730,7 @@ def _fetch(url: str, *, index: int, workdir: Path, settings: Settings, s3_client
         ydl, connector = _new_ydl(settings, collector, download_dir, [guard_progress])
         with ydl:
             info = _extract(ydl, connector, url, index=index, settings=settings)
-            source = _check_info(info, url, index=index, settings=settings)
+            source = check_info(info, url, index=index, settings=settings)
             if (source.extractor, source.id) != (extractor, video_id):
                 # The URL led elsewhere (e.g. a short link to a YouTube video): maybe cached there.
                 key = _cached_key(s3_client, settings, source.extractor, source.id, label)
