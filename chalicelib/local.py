@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         raise Stop()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    # A shell starting us in the background sets SIGINT to "ignore" and Python keeps that;
+    # `kill -INT` (and Ctrl-C after `fg`) must still stop the stack.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     children: dict[str, subprocess.Popen] = {}
     moto = None
     state = RunState(pid=os.getpid(), stage=args.stage)
@@ -424,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # A second Ctrl-C or SIGTERM must not cut the cleanup short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_children(children)
         if moto is not None:
             moto.stop()
