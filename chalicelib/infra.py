@@ -39,10 +39,13 @@ ABORT_MULTIPART_DAYS = 1
 WORKER_EPHEMERAL_MB = 10240
 API_EPHEMERAL_MB = 512
 
+# Per-stage throttle of the API key's usage plan (requests per second, burst).
+API_RATE_LIMIT = 20
+API_BURST_LIMIT = 40
+
 # Logical ids of the functions Chalice generates for app.py's handlers (api_handler, process_job).
 API_FUNCTION_ID = "APIHandler"
 WORKER_FUNCTION_ID = "ProcessJob"
-WORKER_EVENT_ID = "ProcessJobSqsEventSource"
 
 
 class ProvisionError(RuntimeError):
@@ -304,10 +307,14 @@ def _cfn_queue_props(name: str, attributes: dict[str, str]) -> dict:
     return props
 
 
-def cloudformation_template(settings: Settings) -> dict:
+def cloudformation_template(settings: Settings, *, log_retention: bool = False, api_key: bool = False) -> dict:
     """The template fragment for ``chalice package --merge-template``: the same resources as
-    ``ensure_resources``, plus the worker's SQS event source bound to the queue resource and the
-    functions' ephemeral storage."""
+    ``ensure_resources``, plus the functions' ephemeral storage and webhook secret.
+
+    ``log_retention``: the stage sets ``log_retention_in_days`` (Chalice then emits log groups).
+    ``api_key``: routes require an API key; Chalice creates no key or usage plan, so without
+    these every call would be refused with 403.
+    """
     _check_names(settings)
     resources: dict = {}
     for spec in bucket_specs(settings):
@@ -319,7 +326,12 @@ def cloudformation_template(settings: Settings) -> dict:
             "Properties": {
                 "BucketName": spec.name,
                 "PublicAccessBlockConfiguration": PUBLIC_ACCESS_BLOCK,
-                "BucketEncryption": {"ServerSideEncryptionConfiguration": ENCRYPTION_RULES},
+                "BucketEncryption": {
+                    "ServerSideEncryptionConfiguration": [
+                        {"ServerSideEncryptionByDefault": rule["ApplyServerSideEncryptionByDefault"]}
+                        for rule in ENCRYPTION_RULES
+                    ]
+                },
                 "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
                 "LifecycleConfiguration": {"Rules": _cfn_lifecycle(spec)},
             },
@@ -357,14 +369,32 @@ def cloudformation_template(settings: Settings) -> dict:
         }
     }
     resources[WORKER_FUNCTION_ID] = {
+        # Chalice builds the event source's queue ARN from the name, which CloudFormation cannot
+        # see as a dependency; without this the mapping may be created before the queue exists.
+        "DependsOn": ["JobsQueue"],
         "Properties": {
             "EphemeralStorage": {"Size": WORKER_EPHEMERAL_MB},
             "Environment": {"Variables": secret},
-            # A reference instead of Chalice's name-built ARN: CloudFormation then creates the
-            # queue before the event source mapping that reads it.
-            "Events": {WORKER_EVENT_ID: {"Properties": {"Queue": {"Fn::GetAtt": ["JobsQueue", "Arn"]}}}},
-        }
+        },
     }
+    if api_key:
+        resources["RestAPI"] = {
+            "Properties": {
+                "Auth": {
+                    "UsagePlan": {
+                        "CreateUsagePlan": "PER_API",
+                        "UsagePlanName": f"{APP_NAME}-{settings.stage}",
+                        "Throttle": {"RateLimit": API_RATE_LIMIT, "BurstLimit": API_BURST_LIMIT},
+                    }
+                }
+            }
+        }
+    if log_retention:
+        # Chalice 1.34 names the REST function's log group after ${ApiHandler}, a resource that
+        # does not exist (the function is APIHandler); the stack would fail on it.
+        resources["ApiHandlerLogGroup"] = {
+            "Properties": {"LogGroupName": {"Fn::Sub": f"/aws/lambda/${{{API_FUNCTION_ID}}}"}}
+        }
     return {
         "Parameters": {
             "WebhookSecret": {
@@ -406,7 +436,6 @@ def iam_policy(settings: Settings) -> dict:
     s3_in = f"arn:aws:s3:::{settings.bucket_input}"
     s3_out = f"arn:aws:s3:::{settings.bucket_output}"
     queue = f"arn:aws:sqs:*:*:{settings.queue_name}"
-    dlq = f"arn:aws:sqs:*:*:{settings.dlq_name}"
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -429,9 +458,10 @@ def iam_policy(settings: Settings) -> dict:
                 "Resource": [s3_in, s3_out],
             },
             {
+                # GetObjectVersion: parts are fetched pinned to the VersionId the cache key was built from.
                 "Sid": "ReadParts",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject"],
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
                 "Resource": [f"{s3_in}/*"],
             },
             {
@@ -442,29 +472,26 @@ def iam_policy(settings: Settings) -> dict:
                 "Resource": [f"{s3_in}/{settings.sources_prefix}*", f"{s3_in}/{settings.uploads_prefix}*"],
             },
             {
+                # Results and their JSON sidecars; presigned GETs are signed with this grant too.
                 "Sid": "ResultCache",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                 "Resource": [f"{s3_out}/{settings.cache_prefix}*"],
             },
             {
+                # Send + GetQueueUrl for the API (enqueue); Receive/Delete/GetQueueAttributes are what
+                # Lambda's event source mapping needs for the worker. The DLQ needs no grant: SQS
+                # itself moves messages there, and the worker marks a job failed on its last receive.
                 "Sid": "JobsQueue",
                 "Effect": "Allow",
                 "Action": [
                     "sqs:SendMessage",
+                    "sqs:GetQueueUrl",
                     "sqs:ReceiveMessage",
                     "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
                     "sqs:GetQueueAttributes",
-                    "sqs:GetQueueUrl",
                 ],
                 "Resource": [queue],
-            },
-            {
-                "Sid": "DeadLetterQueue",
-                "Effect": "Allow",
-                "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
-                "Resource": [dlq],
             },
             {
                 "Sid": "JobsTable",

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +36,10 @@ def stages() -> list[str]:
     return sorted(json.loads((CHALICE_DIR / "config.json").read_text())["stages"])
 
 
+def stage_config(stage: str) -> dict:
+    return json.loads((CHALICE_DIR / "config.json").read_text())["stages"][stage]
+
+
 def resources_path(stage: str) -> Path:
     return CHALICE_DIR / f"resources-{stage}.json"
 
@@ -48,7 +57,12 @@ def rendered_files() -> dict[Path, str]:
     out = {}
     for stage in stages():
         settings = infra.stage_settings(stage)
-        out[resources_path(stage)] = _dump(infra.cloudformation_template(settings))
+        template = infra.cloudformation_template(
+            settings,
+            log_retention="log_retention_in_days" in stage_config(stage),
+            api_key=infra.stage_environment(stage).get("REQUIRE_API_KEY") == "true",
+        )
+        out[resources_path(stage)] = _dump(template)
         out[policy_path(stage)] = _dump(infra.iam_policy(settings))
     return out
 
@@ -67,15 +81,292 @@ def render(check_only: bool = False) -> int:
     return 1 if (check_only and stale) else 0
 
 
+
+# ---------------------------------------------------------------------------------------------
+# package
+
+
+class CheckFailed(SystemExit):
+    pass
+
+
+def _chalice_env() -> dict:
+    env = dict(os.environ)
+    # `chalice package` insists on a region although the template it writes is region-neutral.
+    if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
+        env["AWS_DEFAULT_REGION"] = "us-east-1"
+    env.pop("AWS_ENDPOINT_URL", None)
+    return env
+
+
+def _chalice(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "chalice"), "--project-dir", str(ROOT), *args]
+    print("+ " + " ".join(cmd[0:1] + list(args)), flush=True)
+    return subprocess.run(cmd, env=_chalice_env(), text=True, capture_output=capture, cwd=ROOT)
+
+
+def package(stage: str, out: Path) -> Path:
+    """`chalice package --merge-template` into ``out``; returns the SAM template's path."""
+    if render(check_only=True):
+        raise CheckFailed("package: generated .chalice files are stale; run `python scripts/deploy.py render`")
+    if not (ROOT / "vendor" / "bin" / "ffmpeg").exists():
+        raise CheckFailed("package: vendor/bin/ffmpeg missing; run `make vendor`")
+    out = Path(out).resolve()
+    proc = _chalice("package", "--stage", stage, "--merge-template", str(resources_path(stage)), str(out),
+                    capture=True)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    # Chalice only warns (and carries on) when a dependency has no Lambda-compatible wheel.
+    if proc.returncode != 0 or "Could not install dependencies" in proc.stdout + proc.stderr:
+        raise CheckFailed(f"package: chalice package failed ({proc.returncode})")
+    template = out / "sam.json"
+    print(f"package: {template.relative_to(ROOT) if template.is_relative_to(ROOT) else template}, "
+          f"{out / 'deployment.zip'}")
+    return template
+
+
+# ---------------------------------------------------------------------------------------------
+# offline checks (each returns a list of problems; empty = pass)
+
+
+def check_cfn_lint(template: Path) -> list[str]:
+    """cfn-lint on the merged template; errors are problems (warnings are printed only)."""
+    proc = subprocess.run([str(VENV_BIN / "cfn-lint"), "--format", "parseable", str(template)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    for line in lines:
+        print(f"cfn-lint: {line}")
+    # Exit status is a bit mask: 2 errors, 4 warnings, 8 informational, 1 crash.
+    if proc.returncode & 1:
+        return [f"cfn-lint crashed: {proc.stderr[-2000:]}"]
+    return [f"cfn-lint: {ln}" for ln in lines if re.search(r":E\d{4}:", ln)]
+
+
+def _privileges() -> dict[str, list[str]]:
+    from parliament import iam_definition
+
+    return {
+        f"{service['prefix']}:{p['privilege']}".lower(): [r["resource_type"] for r in p["resource_types"]]
+        for service in iam_definition
+        for p in service["privileges"]
+    }
+
+
+def check_policy(text: str, name: str = "policy") -> list[str]:
+    """parliament findings above LOW, and "*" resources on actions that support narrower ones."""
+    from parliament import analyze_policy_string, enhance_finding
+
+    problems = []
+    policy = analyze_policy_string(text, include_community_auditors=True)
+    for finding in policy.findings:
+        finding = enhance_finding(finding)
+        if finding.severity.upper() not in PARLIAMENT_SEVERITIES_ALLOWED:
+            problems.append(f"parliament {name}: {finding.severity} {finding.issue} {finding.detail}")
+    privileges = _privileges()
+    for st in json.loads(text).get("Statement", []):
+        resources = st.get("Resource", [])
+        resources = [resources] if isinstance(resources, str) else resources
+        actions = st.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if "*" not in resources:
+            continue
+        for action in actions:
+            types = privileges.get(action.lower())
+            if types is None or any(types):
+                problems.append(f"{name}: {action} on Resource '*' although it supports specific resources")
+    return problems
+
+
+def check_policies() -> list[str]:
+    problems = []
+    for stage in stages():
+        path = policy_path(stage)
+        problems += check_policy(path.read_text(), path.name)
+    return problems
+
+
+def runtime_requirements() -> dict[str, str]:
+    """{distribution name (normalised): version} from requirements.txt."""
+    reqs = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            reqs[re.sub(r"[-_.]+", "_", name).lower()] = version
+    return reqs
+
+
+def _dist_infos(names: list[str]) -> dict[str, str]:
+    out = {}
+    for n in names:
+        m = re.match(r"^([^/]+)-([^-/]+)\.dist-info/WHEEL$", n)
+        if m:
+            out[re.sub(r"[-_.]+", "_", m.group(1)).lower()] = m.group(2)
+    return out
+
+
+def check_zip(zip_path: Path) -> list[str]:
+    """bin/ffmpeg mode 755 and runnable here, each runtime dependency present as a wheel built for
+    Lambda (not from source on this machine), and Lambda's size limits."""
+    problems = []
+    with zipfile.ZipFile(zip_path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        ffmpeg = infos.get("bin/ffmpeg")
+        if ffmpeg is None:
+            problems.append("zip: bin/ffmpeg missing (run `make vendor`)")
+        else:
+            mode = (ffmpeg.external_attr >> 16) & 0o777
+            if mode != 0o755:
+                problems.append(f"zip: bin/ffmpeg has mode {mode:o}, want 755")
+            with tempfile.TemporaryDirectory() as tmp:
+                exe = Path(zf.extract(ffmpeg, tmp))
+                # zipfile drops mode bits on extract; apply the ones stored in the zip.
+                os.chmod(exe, mode)
+                try:
+                    proc = subprocess.run([str(exe), "-version"], capture_output=True, text=True, timeout=60)
+                    if proc.returncode != 0 or not proc.stdout.startswith("ffmpeg version"):
+                        problems.append(f"zip: bin/ffmpeg -version failed: {proc.stderr[-300:]}")
+                except OSError as exc:
+                    problems.append(f"zip: bin/ffmpeg does not run: {exc}")
+        dists = _dist_infos(list(infos))
+        for dist, version in runtime_requirements().items():
+            if dist not in dists:
+                problems.append(f"zip: dependency {dist}=={version} missing")
+            elif dists[dist] != version:
+                problems.append(f"zip: dependency {dist} is {dists[dist]}, requirements.txt pins {version}")
+        for name in infos:
+            if name.endswith(".dist-info/WHEEL"):
+                tags = re.findall(r"^Tag: (\S+)$", zf.read(name).decode(), re.M)
+                if not any(t.endswith("-any") or "manylinux" in t for t in tags):
+                    problems.append(f"zip: {name.split('/')[0]} was built here ({tags}), not a Lambda wheel")
+        for module in RUNTIME_MODULES:
+            if not any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py" for n in infos):
+                problems.append(f"zip: import package {module} missing")
+        unzipped = sum(i.file_size for i in infos.values())
+    if unzipped > LAMBDA_UNZIPPED_LIMIT:
+        problems.append(f"zip: {unzipped / 2**20:.0f} MiB unzipped exceeds Lambda's 250 MiB")
+    return problems
+
+
+def check_direct_upload(zip_path: Path) -> list[str]:
+    """`chalice deploy` uploads the zip in the API call, which Lambda caps at 50 MB."""
+    size = Path(zip_path).stat().st_size
+    if size <= LAMBDA_DIRECT_UPLOAD_LIMIT:
+        return []
+    dup = ""
+    with zipfile.ZipFile(zip_path) as zf:
+        if any(n.startswith("imageio_ffmpeg/binaries/ffmpeg") for n in zf.namelist()):
+            dup = (" imageio-ffmpeg's own ffmpeg copy is in the zip next to bin/ffmpeg: move imageio-ffmpeg "
+                   "from requirements.txt to requirements-dev.txt (vendor/bin/ffmpeg is the Lambda copy).")
+    return [f"zip: {size / 2**20:.1f} MiB exceeds the 50 MiB `chalice deploy` upload limit.{dup}"]
+
+
+def check(stage: str, out: Path) -> int:
+    template = package(stage, out)
+    zip_path = Path(out).resolve() / "deployment.zip"
+    problems = check_cfn_lint(template) + check_policies() + check_zip(zip_path) + check_direct_upload(zip_path)
+    for p in problems:
+        print(f"PROBLEM {p}")
+    print(f"check: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy (needs AWS credentials; not runnable offline)
+
+
+def _deployed(stage: str) -> dict:
+    path = CHALICE_DIR / "deployed" / f"{stage}.json"
+    return {r["name"]: r for r in json.loads(path.read_text()).get("resources", [])}
+
+
+def _set_webhook_secret(stage: str, secret: str) -> None:
+    """Add WEBHOOK_SECRET to the deployed functions (Chalice only knows the committed config)."""
+    import boto3
+
+    client = boto3.client("lambda")
+    for resource in _deployed(stage).values():
+        if resource.get("resource_type") != "lambda_function":
+            continue
+        arn = resource["lambda_arn"]
+        client.get_waiter("function_updated_v2").wait(FunctionName=arn)
+        env = client.get_function_configuration(FunctionName=arn).get("Environment", {}).get("Variables", {})
+        env["WEBHOOK_SECRET"] = secret
+        client.update_function_configuration(FunctionName=arn, Environment={"Variables": env})
+        print(f"deploy: WEBHOOK_SECRET set on {arn.rsplit(':', 1)[-1]}")
+
+
+def _ensure_api_key(stage: str) -> str | None:
+    """Chalice marks routes api_key_required but creates no key or usage plan; without them every
+    call is refused with 403. Creates (once) a usage plan and key named after the stage."""
+    import boto3
+
+    rest = _deployed(stage).get("rest_api")
+    if not rest:
+        return None
+    api_id, api_stage = rest["rest_api_id"], stage_config(stage).get("api_gateway_stage", "api")
+    apigw = boto3.client("apigateway")
+    name = f"{infra.APP_NAME}-{stage}"
+    plans = [p for p in apigw.get_usage_plans(limit=500)["items"] if p["name"] == name]
+    plan = plans[0] if plans else apigw.create_usage_plan(
+        name=name, apiStages=[{"apiId": api_id, "stage": api_stage}],
+        throttle={"rateLimit": float(infra.API_RATE_LIMIT), "burstLimit": infra.API_BURST_LIMIT},
+    )
+    if not any(s["apiId"] == api_id and s["stage"] == api_stage for s in plan.get("apiStages", [])):
+        apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
+            {"op": "add", "path": "/apiStages", "value": f"{api_id}:{api_stage}"}])
+    keys = apigw.get_api_keys(nameQuery=name, limit=500)["items"]
+    key = next((k for k in keys if k["name"] == name), None) or apigw.create_api_key(name=name, enabled=True)
+    attached = {k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plan["id"], limit=500)["items"]}
+    if key["id"] not in attached:
+        apigw.create_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"], keyType="API_KEY")
+    return key["id"]
+
+
+def deploy(stage: str) -> int:
+    """provision -> chalice deploy -> webhook secret -> API key -> print the URL."""
+    if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+        raise CheckFailed("deploy: no AWS region; export AWS_REGION (see docs/TROUBLESHOOTING.md)")
+    if render(check_only=True):
+        raise CheckFailed("deploy: generated .chalice files are stale; run `python scripts/deploy.py render`")
+    if infra.main(["--stage", stage]) != 0:
+        return 1
+    if _chalice("deploy", "--stage", stage).returncode != 0:
+        return 1
+    secret = os.environ.get("WEBHOOK_SECRET", "")
+    if secret:
+        _set_webhook_secret(stage, secret)
+    else:
+        print("deploy: WARNING: WEBHOOK_SECRET is not set; webhooks cannot be signed (docs/deploy.md)")
+    if infra.stage_environment(stage).get("REQUIRE_API_KEY") == "true":
+        key_id = _ensure_api_key(stage)
+        print(f"deploy: API key id {key_id}; value: aws apigateway get-api-key --api-key {key_id} "
+              "--include-value --query value --output text")
+    url = _chalice("url", "--stage", stage, capture=True).stdout.strip()
+    print(f"API URL: {url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("render")
     p.add_argument("--check", action="store_true")
+    for name in ("package", "check", "deploy"):
+        p = sub.add_parser(name)
+        p.add_argument("--stage", required=True)
+        if name != "deploy":
+            p.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "render":
         return render(args.check)
-    return 2
+    if args.command == "deploy":
+        return deploy(args.stage)
+    out = args.out or ROOT / "build" / args.stage
+    if args.command == "package":
+        package(args.stage, out)
+        return 0
+    return check(args.stage, out)
 
 
 if __name__ == "__main__":

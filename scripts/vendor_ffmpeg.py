@@ -1,0 +1,140 @@
+"""`make vendor`: put a static Linux x86_64 ffmpeg at vendor/bin/ffmpeg (mode 0755) for Lambda.
+
+Chalice copies vendor/ to the root of the deployment zip, so Lambda sees /var/task/bin/ffmpeg,
+which chalicelib.ffmpeg looks for first. The binary comes from the imageio-ffmpeg manylinux2014
+wheel pinned in requirements-lock.txt: taken from the installed package when that is the Linux
+x86_64 build, otherwise (e.g. on macOS) downloaded as the manylinux wheel with pip.
+Idempotent: an identical, executable copy is left alone.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEST = ROOT / "vendor" / "bin" / "ffmpeg"
+WHEEL_CACHE = ROOT / "build" / "wheels"
+ELF_X86_64 = (b"\x7fELF", 0x3E)
+
+
+def is_linux_x86_64(path: Path) -> bool:
+    """True for an ELF executable for x86-64 (what Lambda's x86_64 runtime runs)."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    return len(head) == 20 and head[:4] == ELF_X86_64[0] and int.from_bytes(head[18:20], "little") == ELF_X86_64[1]
+
+
+def pinned_version() -> str:
+    text = (ROOT / "requirements-lock.txt").read_text()
+    m = re.search(r"^imageio-ffmpeg==(\S+)$", text, re.M)
+    if not m:
+        raise SystemExit("vendor: imageio-ffmpeg is not pinned in requirements-lock.txt")
+    return m.group(1)
+
+
+def _installed_binary() -> Path | None:
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    for candidate in sorted((Path(imageio_ffmpeg.__file__).parent / "binaries").glob("ffmpeg-linux-x86_64*")):
+        if is_linux_x86_64(candidate):
+            return candidate
+    return None
+
+
+def _binary_from_wheel(version: str) -> Path:
+    """Download (once) the manylinux wheel and extract its ffmpeg into build/wheels."""
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(WHEEL_CACHE.glob(f"imageio_ffmpeg-{version}-*manylinux*x86_64*.whl"))
+    if not wheels:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+             "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
+             "-d", str(WHEEL_CACHE), f"imageio-ffmpeg=={version}"],
+            check=True,
+        )
+        wheels = sorted(WHEEL_CACHE.glob(f"imageio_ffmpeg-{version}-*manylinux*x86_64*.whl"))
+    if not wheels:
+        raise SystemExit(f"vendor: no manylinux x86_64 wheel of imageio-ffmpeg {version} found")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        names = [n for n in zf.namelist() if re.search(r"binaries/ffmpeg-linux-x86_64", n)]
+        if not names:
+            raise SystemExit(f"vendor: {wheels[0].name} holds no linux x86_64 ffmpeg")
+        out = WHEEL_CACHE / Path(names[0]).name
+        if not out.exists():
+            with zf.open(names[0]) as src, open(out, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def can_run_here() -> bool:
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+
+
+def verify(path: Path) -> str:
+    """Run ``path -version``; returns its first line. Raises SystemExit when it does not run."""
+    try:
+        proc = subprocess.run([str(path), "-version"], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        raise SystemExit(f"vendor: {path} does not run: {exc}") from exc
+    if proc.returncode != 0 or not proc.stdout.startswith("ffmpeg version"):
+        raise SystemExit(f"vendor: {path} -version failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return proc.stdout.splitlines()[0]
+
+
+def vendor(dest: Path = DEST) -> Path:
+    """Place the binary at ``dest`` (atomically) unless an identical executable copy is there."""
+    source = _installed_binary() or _binary_from_wheel(pinned_version())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and dest.stat().st_size == source.stat().st_size and _sha256(dest) == _sha256(source):
+        print(f"vendor: {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} is up to date")
+    else:
+        # Copy beside the destination and rename, so an interrupted copy never looks complete.
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".ffmpeg.")
+        try:
+            with os.fdopen(fd, "wb") as dst, open(source, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        print(f"vendor: copied {source} -> {dest}")
+    # A checkout or unzip that lost the mode bits is repaired too.
+    os.chmod(dest, 0o755)
+    if can_run_here():
+        print(f"vendor: {verify(dest)}")
+    else:
+        print(f"vendor: not an x86_64 Linux host, skipped running {dest.name} -version")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dest", type=Path, default=DEST)
+    args = parser.parse_args(argv)
+    vendor(args.dest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
