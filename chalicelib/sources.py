@@ -46,8 +46,9 @@ DOWNLOAD_DEADLINE_SECONDS = 600.0
 MAX_URL_HOPS = 5
 
 # Protocols whose downloaders fetch through yt-dlp's request handlers (and so through the
-# guard). "m3u8" (ffmpeg), rtmp, websockets... would open their own connections: never chosen.
-GUARDED_PROTOCOLS = frozenset({"http", "https", "m3u8_native", "http_dash_segments"})
+# guard). "m3u8" (ffmpeg), rtmp, websockets... open their own connections; so may m3u8_native:
+# yt-dlp's HLS downloader hands streams with features it lacks to ffmpeg, past the guard.
+GUARDED_PROTOCOLS = frozenset({"http", "https", "http_dash_segments"})
 LIVE_STATUSES = frozenset({"is_live", "is_upcoming", "post_live"})
 _SAFE_EXT = re.compile(r"^[a-z0-9]{1,5}$")
 

@@ -217,3 +217,38 @@ class GuardedConnector:
 class RefusedConnection(ConnectionRefusedError):
     """Raised inside the HTTP stack when the guard refuses a connection (an OSError on purpose:
     every HTTP library treats it as a failed connect and unwinds cleanly)."""
+
+
+def guarded_opener(settings: Settings, *, resolver: Resolver | None = None):
+    """A urllib opener for outgoing calls we make ourselves (webhooks): every connection goes
+    through a ``GuardedConnector``, no proxy, and redirects are not followed (a 3xx is an
+    ``HTTPError``). The connector is ``opener.connector``; its ``refusal`` says why a call failed.
+    """
+    # Imported here: urllib.request pulls in ssl/email/http.client, which the REST path's
+    # up-front check never needs.
+    import functools
+    import http.client
+    import urllib.request
+
+    connector = GuardedConnector(settings, resolver=resolver)
+
+    def make(conn_class, *args, **kwargs):
+        conn = conn_class(*args, **kwargs)
+        conn._create_connection = connector  # http.client's hook for opening the socket
+        return conn
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(functools.partial(make, http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(functools.partial(make, http.client.HTTPSConnection), req,
+                                context=self._context)
+
+    opener = urllib.request.OpenerDirector()
+    for handler in (Http(), Https(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
+        opener.add_handler(handler)
+    opener.connector = connector
+    return opener

@@ -72,11 +72,11 @@ def youtube(**changes) -> dict:
 
 def test_youtube_best_audio_only_format_is_chosen():
     chosen = select_audio_format(YOUTUBE_INFO["formats"])
-    # 233 has the highest bitrate but is HLS with an unknown codec... it is still audio-only and
-    # downloaded natively; 251 wins only if 233 is excluded. Both are audio-only, never 18/137/22.
-    assert chosen["format_id"] == "233"
-    without_hls = [f for f in YOUTUBE_INFO["formats"] if f["format_id"] != "233"]
-    assert select_audio_format(without_hls)["format_id"] == "251"  # DRC variant loses despite 140 kbps
+    # Not 233 (HLS: yt-dlp may hand it to ffmpeg, which connects past the guard), not the DRC
+    # variant despite its 140 kbps, never the muxed 18/22 or the video-only 137.
+    assert chosen["format_id"] == "251"
+    assert select_audio_format([f for f in YOUTUBE_INFO["formats"] if f["format_id"] != "251"])[
+        "format_id"] == "140"
 
 
 def test_video_formats_and_foreign_protocols_are_never_chosen():
@@ -86,6 +86,8 @@ def test_video_formats_and_foreign_protocols_are_never_chosen():
     assert select_audio_format(ffmpeg_hls) is None  # ffmpeg would connect past the guard
     rtmp = [fmt("r", "flv", "none", "mp3", abr=128, protocol="rtmp")]
     assert select_audio_format(rtmp) is None
+    hls = [fmt("h", "mp4", "none", "mp4a.40.2", abr=128, protocol="m3u8_native")]
+    assert select_audio_format(hls) is None
     drm = [fmt("d", "m4a", "none", "mp4a.40.2", abr=128, has_drm=True)]
     assert select_audio_format(drm) is None
 
@@ -155,7 +157,7 @@ def test_check_info_names_a_youtube_source_by_video_id():
     assert info.source_id == f"youtube:{VIDEO_ID}"
     assert (info.extractor, info.id, info.duration_s, info.is_live) == ("youtube", VIDEO_ID, 213.0, False)
     assert info.title == "Never Gonna Give You Up"
-    assert info.ext == "mp4"  # format 233 (HLS audio, muxed into mp4)
+    assert info.ext == "webm"  # format 251, opus
     assert cache_prefix(SETTINGS, info.extractor, info.id) == f"sources/youtube/{VIDEO_ID}."
 
 

@@ -215,3 +215,33 @@ def test_connector_port_rule():
     with pytest.raises(RefusedConnection):
         connector(("cdn.example", 6379), 1)
     assert "port 6379" in connector.refusal.message
+
+
+# -- the opener for our own outgoing calls (webhooks) ---------------------------------------
+
+
+def test_guarded_opener_posts_to_an_allowed_host_and_refuses_others():
+    import urllib.error
+    import urllib.request
+
+    from chalicelib.urlguard import guarded_opener
+    from tests.httpserver import LocalServer
+
+    with LocalServer() as srv:
+        srv.add_redirect("/moved", "http://127.0.0.1:1/elsewhere")
+        opener = guarded_opener(LOOPBACK_OK)
+        req = urllib.request.Request(srv.url("/hook"), data=b'{"ok": 1}', method="POST")
+        with opener.open(req, timeout=5) as resp:
+            assert resp.status == 200 and resp.read() == b"ok"
+        assert srv.bodies[-1] == b'{"ok": 1}' and opener.connector.connections == 1
+        with pytest.raises(urllib.error.HTTPError) as info:  # redirects are not followed
+            opener.open(srv.url("/moved"), timeout=5)
+        assert info.value.code == 302
+        assert srv.hits("/elsewhere") == 0
+
+    strict = guarded_opener(DEFAULT, resolver=fake_resolver({"hooks.example": ["10.9.8.7"]}))
+    with pytest.raises(urllib.error.URLError) as info:
+        strict.open("http://hooks.example/x", data=b"{}", timeout=5)
+    assert isinstance(info.value.reason, RefusedConnection)
+    assert strict.connector.connections == 0
+    assert "hooks.example resolves to 10.9.8.7, a private address" in strict.connector.refusal.message
