@@ -42,7 +42,9 @@ _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def _part_spans(result: dict) -> list[dict]:
-    return [{"index": p["index"], "start_s": p["start_s"], "end_s": p["end_s"]} for p in result["parts"]]
+    # Milliseconds: what the cache object's metadata keeps, so a hit and a miss answer alike.
+    return [{"index": p["index"], "start_s": round(p["start_s"], 3), "end_s": round(p["end_s"], 3)}
+            for p in result["parts"]]
 
 
 def _encode_spans(parts: list[dict]) -> str:
@@ -266,7 +268,7 @@ class StitchService:
             meta["parts"] = encoded
         self.store.upload(output, s.bucket_output, obj, content_type=fmt.content_type,
                           filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=meta)
-        return {"cache_key": key, "output_key": obj, "duration_s": data["duration_s"], "format": fmt.name,
+        return {"cache_key": key, "output_key": obj, "duration_s": round(data["duration_s"], 3), "format": fmt.name,
                 "size_bytes": output.stat().st_size, "mode": data.get("mode", ""), "parts": spans}
 
     # -- the worker ------------------------------------------------------------------------------

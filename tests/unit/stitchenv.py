@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-
 from chalicelib.config import Settings
 from tests.audio import make_tone
 
@@ -80,14 +78,6 @@ def make_env(tmp_path: Path, **settings_overrides) -> Env:
                tmp_path, urls)
 
 
-@pytest.fixture
-def env(tmp_path):
-    from moto import mock_aws
-
-    with mock_aws():
-        yield make_env(tmp_path)
-
-
 class Receiver:
     """A real HTTP server on 127.0.0.1 that records webhook POSTs; ``statuses`` scripts its answers."""
 
@@ -113,7 +103,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self):
         self.thread.start()

@@ -1,0 +1,99 @@
+"""Notifications: SES e-mail read back from moto; webhooks to a real receiver on 127.0.0.1."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from chalicelib.config import Settings
+from chalicelib.notify import Notifier, sign, verify, webhook_body
+from tests.unit.stitchenv import SECRET, Receiver
+
+JOB = {"job_id": "f" * 64, "status": "succeeded",
+       "result": {"public_url": "https://x/y.mp3", "format": "mp3", "duration_s": 3.0, "expires_at": "T"}}
+LOOPBACK = Settings(allow_loopback_urls=True, webhook_secret=SECRET, webhook_attempts=3)
+
+
+def notifier(settings=LOOPBACK, ses=None):
+    sleeps = []
+    n = Notifier(ses, settings, sleep=sleeps.append, timeout=2.0)
+    n.sleeps = sleeps
+    return n
+
+
+def test_sign_is_hmac_sha256_of_the_exact_bytes():
+    body = b'{"a":1}'
+    expected = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert sign(body, "k") == expected
+    assert verify(body, "k", expected) and not verify(body + b" ", "k", expected) and not verify(body, "k", "")
+
+
+def test_webhook_posts_signed_job_json():
+    with Receiver() as rx:
+        assert notifier().webhook(rx.url, JOB) is True
+    [req] = rx.requests
+    assert req["body"] == webhook_body(JOB)
+    assert verify(req["body"], SECRET, req["headers"]["X-Signature"])
+    assert req["headers"]["Content-Type"] == "application/json"
+    assert rx.bodies() == [JOB]
+
+
+def test_webhook_retries_5xx_and_429_with_backoff_then_succeeds():
+    with Receiver([500, 429]) as rx:
+        n = notifier()
+        assert n.webhook(rx.url, JOB) is True
+    assert len(rx.requests) == 3 and n.sleeps == [0.5, 1.0]
+    assert len({r["headers"]["X-Signature"] for r in rx.requests}) == 1
+
+
+def test_webhook_gives_up_after_the_configured_attempts():
+    with Receiver([503] * 10) as rx:
+        assert notifier().webhook(rx.url, JOB) is False
+    assert len(rx.requests) == LOOPBACK.webhook_attempts
+
+
+@pytest.mark.parametrize("status", [400, 404, 302])
+def test_webhook_does_not_retry_client_errors_or_follow_redirects(status):
+    with Receiver([status]) as rx:
+        assert notifier().webhook(rx.url, JOB) is False
+    assert len(rx.requests) == 1  # and the redirect target (port 9) was never contacted
+
+
+def test_webhook_to_a_refused_address_is_never_sent():
+    with Receiver() as rx:
+        assert notifier(Settings(webhook_secret=SECRET)).webhook(rx.url, JOB) is False
+    assert rx.requests == []
+
+
+def test_webhook_to_a_closed_port_fails_after_retries():
+    with Receiver() as rx:
+        url = rx.url
+    n = notifier()
+    assert n.webhook(url, JOB) is False and len(n.sleeps) == LOOPBACK.webhook_attempts - 1
+
+
+def test_email_is_sent_through_ses():
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    with mock_aws():
+        ses = boto3.client("ses", region_name="us-east-1")
+        ses.verify_email_identity(EmailAddress=LOOPBACK.sender_email)
+        n = notifier(ses=ses)
+        assert n.email("user@example.com", JOB) is True
+        failed = {"job_id": "e" * 64, "status": "failed", "error": {"message": "part 2 (b.txt): not audio", "part": 2}}
+        assert n.email("user@example.com", failed) is True
+        sent = ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
+        assert [m.destinations["ToAddresses"] for m in sent] == [["user@example.com"]] * 2
+        assert sent[0].source == LOOPBACK.sender_email
+        assert "https://x/y.mp3" in sent[0].body and "ready" in sent[0].subject
+        assert "not audio" in sent[1].body and "(part 2)" in sent[1].body
+
+
+def test_email_rejected_by_ses_is_reported_not_raised():
+    with mock_aws():
+        ses = boto3.client("ses", region_name="us-east-1")  # sender never verified: SES refuses
+        assert notifier(ses=ses).email("user@example.com", JOB) is False
