@@ -623,8 +623,12 @@ def measure_seconds(path: Path) -> float | None:
 
 
 def _cached_key(s3_client, settings: Settings, extractor: str, video_id: str, label: str) -> str | None:
-    resp = s3_client.list_objects_v2(Bucket=settings.bucket_input,
-                                     Prefix=cache_prefix(settings, extractor, video_id), MaxKeys=5)
+    prefix = cache_prefix(settings, extractor, video_id)
+    try:
+        resp = s3_client.list_objects_v2(Bucket=settings.bucket_input, Prefix=prefix, MaxKeys=5)
+    except Exception as exc:  # the cache is an optimisation: without it, fetch from the origin
+        log.warning("source cache lookup of %s failed: %s", prefix, exc)
+        return None
     objects = sorted((o for o in resp.get("Contents", []) if o.get("Size", 0) > 0), key=lambda o: o["Key"])
     if not objects:
         return None

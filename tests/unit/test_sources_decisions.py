@@ -260,3 +260,15 @@ def test_other_failures():
     other = DownloadError("ERROR: [youtube] abc: Video unavailable. This video is private")
     err = classify_failure(other, "p")
     assert isinstance(err, SourceUnavailable) and err.message == "p: Video unavailable. This video is private"
+
+
+def test_single_video_url_drops_playlist_parameters_on_youtube_only():
+    from chalicelib.sources import single_video_url
+
+    assert single_video_url(f"https://www.youtube.com/watch?v={VIDEO_ID}&list=PL1&index=3&t=5") == (
+        f"https://www.youtube.com/watch?v={VIDEO_ID}&t=5")
+    assert single_video_url(f"https://music.youtube.com/watch?v={VIDEO_ID}&list=RD1") == (
+        f"https://music.youtube.com/watch?v={VIDEO_ID}")
+    assert single_video_url("https://www.youtube.com/playlist?list=PL1") == "https://www.youtube.com/playlist?list=PL1"
+    other = "https://notyoutube.com/watch?v=1&list=2"
+    assert single_video_url(other) == other

@@ -259,3 +259,10 @@ def test_cached_source_over_todays_limits_is_refused(server, tmp_path, settings,
     with pytest.raises(SourceRefused, match="over the 0:02 limit"):
         fetch(url, tmp_path, settings, s3)
     assert list((tmp_path / "job").iterdir()) == []
+
+
+def test_an_unusable_cache_does_not_fail_the_fetch(server, tmp_path, settings, s3, connects, tones):
+    no_bucket = Settings(**{**settings.__dict__, "bucket_input": "no-such-bucket"})
+    got = fetch(server.url("/a.mp3"), tmp_path, no_bucket, s3)
+    assert got.cached is False and got.path.read_bytes() == tones["short"]
+    assert cache_keys(s3) == []
