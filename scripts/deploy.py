@@ -119,10 +119,19 @@ def package(stage: str, out: Path) -> Path:
     # Chalice only warns (and carries on) when a dependency has no Lambda-compatible wheel.
     if proc.returncode != 0 or "Could not install dependencies" in proc.stdout + proc.stderr:
         raise CheckFailed(f"package: chalice package failed ({proc.returncode})")
+    _prune_chalice_cache()
     template = out / "sam.json"
     print(f"package: {template.relative_to(ROOT) if template.is_relative_to(ROOT) else template}, "
           f"{out / 'deployment.zip'}")
     return template
+
+
+def _prune_chalice_cache(keep: int = 2) -> None:
+    """Chalice keys its cached ~60 MB zip on the app's source too, so every edit leaves another
+    one in .chalice/deployments; keep only the newest few."""
+    cached = sorted((CHALICE_DIR / "deployments").glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in cached[keep:]:
+        old.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
