@@ -18,6 +18,8 @@ help:
 	@echo "make package STAGE=prod / make deploy STAGE=prod"
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
+	@test -x $(PY) || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+		{ echo "Python 3.11+ is needed to create $(VENV); try: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements-lock.txt
 	@touch $@

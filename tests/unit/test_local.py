@@ -124,3 +124,14 @@ def test_seed_samples_uploads_decodable_mp3s(tmp_path):
             assert obj["ContentType"] == "audio/mpeg"
             # mp3 adds encoder padding of a frame or two, never a whole 50 ms.
             assert _wav_seconds(obj["Body"].read(), tmp_path) == pytest.approx(seconds, abs=0.06)
+
+
+def test_chalice_config_only_fills_in_what_the_supervisor_left_unset(monkeypatch):
+    from chalicelib.localapi import _ParentEnvWins
+
+    monkeypatch.setenv("WORK_DIR", "/from/run")
+    monkeypatch.delenv("CACHE_PREFIX", raising=False)
+    # What chalice's CLIFactory.load_chalice_app does with the stage's environment_variables:
+    _ParentEnvWins().update({"WORK_DIR": "/tmp", "CACHE_PREFIX": "cache/"})
+    assert os.environ["WORK_DIR"] == "/from/run"
+    assert os.environ["CACHE_PREFIX"] == "cache/"
