@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
+import threading
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # they bound a single download attempt and the worker's own timeout bounds the job.
 SOCKET_TIMEOUT_SECONDS = 20.0
 RETRIES = 2
+METADATA_DEADLINE_SECONDS = 120.0
 DOWNLOAD_DEADLINE_SECONDS = 600.0
 MAX_URL_HOPS = 5
 
@@ -198,10 +199,6 @@ class _TooBig(Exception):
     pass
 
 
-class _TooSlow(Exception):
-    pass
-
-
 def _chain(exc: BaseException | None) -> list[BaseException]:
     """The exception and everything it wraps (yt-dlp keeps causes in several attributes)."""
     seen: list[BaseException] = []
@@ -238,8 +235,6 @@ def classify_failure(exc: BaseException, label: str, *, refusal: SourceRefused |
     for e in chain:
         if isinstance(e, _TooBig) or "max-filesize" in str(e):
             return SourceRefused(f"{label}: file is larger than the {max_bytes} byte limit")
-        if isinstance(e, _TooSlow):
-            return TransientError(f"{label}: download did not finish within {DOWNLOAD_DEADLINE_SECONDS:.0f} s")
     for e in chain:
         if isinstance(e, HTTPError):
             status = e.status
@@ -463,6 +458,35 @@ def _new_ydl(settings: Settings, collector: _Collector, download_dir: Path | Non
     return ydl, connector
 
 
+class _Deadline:
+    """Wall-clock limit on everything one YoutubeDL does: a timer aborts its connections."""
+
+    def __init__(self, connector: GuardedConnector, seconds: float, label: str, what: str):
+        self.seconds, self.label, self.what = seconds, label, what
+        self.fired = False
+        self._connector = connector
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._connector.abort(f"deadline of {self.seconds:g} s reached")
+
+    def error(self) -> SourceUnavailable:
+        return SourceUnavailable(f"{self.label}: {self.what} did not finish within {self.seconds:g} s "
+                                 "(the server is too slow)")
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._timer.cancel()
+        # Whatever yt-dlp made of the cut connections, the reason is the deadline.
+        if self.fired and exc is not None and not isinstance(exc, SourceRefused):
+            raise self.error() from None
+
+
 def _label(index: int, url: str) -> str:
     return part_label(index, url if len(url) <= 120 else url[:117] + "...")
 
@@ -544,7 +568,7 @@ def identify_url(url: str, *, index: int, settings: Settings) -> SourceInfo:
     _refuse_unsafe(url, index=index, settings=settings)
     collector = _Collector()
     ydl, connector = _new_ydl(settings, collector)
-    with ydl:
+    with ydl, _Deadline(connector, METADATA_DEADLINE_SECONDS, _label(index, url), "reading the metadata"):
         try:
             info = _extract(ydl, connector, url, index=index, settings=settings)
             return check_info(info, url, index=index, settings=settings)
@@ -716,7 +740,6 @@ def _fetch(url: str, *, index: int, workdir: Path, settings: Settings, s3_client
 
     collector = _Collector()
     download_dir = Path(tempfile.mkdtemp(prefix=f".fetch-{index}-", dir=workdir))
-    started = time.monotonic()
 
     class _Cancel(DownloadCancelled):
         def __init__(self, why: Exception):
@@ -728,12 +751,10 @@ def _fetch(url: str, *, index: int, workdir: Path, settings: Settings, s3_client
         done = status.get("downloaded_bytes") or 0
         if done > settings.max_source_bytes:
             raise _Cancel(_TooBig())
-        if time.monotonic() - started > DOWNLOAD_DEADLINE_SECONDS:
-            raise _Cancel(_TooSlow())
 
     try:
         ydl, connector = _new_ydl(settings, collector, download_dir, [guard_progress])
-        with ydl:
+        with ydl, _Deadline(connector, DOWNLOAD_DEADLINE_SECONDS, label, "the download") as deadline:
             info = _extract(ydl, connector, url, index=index, settings=settings)
             source = check_info(info, url, index=index, settings=settings)
             if (source.extractor, source.id) != (extractor, video_id):
@@ -752,6 +773,8 @@ def _fetch(url: str, *, index: int, workdir: Path, settings: Settings, s3_client
                 raise classify_failure(exc, label, refusal=connector.refusal,
                                        max_bytes=settings.max_source_bytes) from None
 
+        if deadline.fired:  # a body read until the connection closes looks complete: it is not
+            raise deadline.error()
         produced = _produced_file(result, download_dir)
         if produced is None:
             # yt-dlp skips silently (size limit, filters): say why if it told us.

@@ -12,8 +12,11 @@ Two layers, one rule:
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -173,6 +176,8 @@ class GuardedConnector:
     ``http.client.HTTPConnection._create_connection`` is swapped for an instance of this, so the
     check happens after resolution and before any packet is sent, on every hop. The first
     refusal is kept in ``refusal`` because callers above (urllib, yt-dlp) wrap the exception.
+    ``abort`` cuts every open connection (a wall-clock deadline: a server dripping one byte at a
+    time never trips a per-read socket timeout).
     """
 
     def __init__(self, settings: Settings, *, resolver: Resolver | None = None):
@@ -180,6 +185,18 @@ class GuardedConnector:
         self.resolver = resolver
         self.refusal: SourceRefused | None = None
         self.connections = 0
+        self.aborted: str | None = None
+        self._open: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def abort(self, reason: str) -> None:
+        """Refuse new connections and shut down the open ones (safe from another thread)."""
+        with self._lock:
+            self.aborted = reason
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def refuse(self, exc: SourceRefused) -> None:
         """Remember the first refusal (the one the caller reports)."""
@@ -188,6 +205,8 @@ class GuardedConnector:
 
     def __call__(self, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
         host, port = address[0], int(address[1])
+        if self.aborted:
+            raise ConnectionAbortedError(self.aborted)
         try:
             answers = _resolve(host, port, self.resolver)
             # The port rule lives in check_url and the redirect check, which know the scheme;
@@ -206,7 +225,13 @@ class GuardedConnector:
                 if source_address:
                     sock.bind(source_address)
                 sock.connect(sockaddr)  # the checked address, never a second lookup
-                self.connections += 1
+                with self._lock:
+                    self.connections += 1
+                    self._open.add(sock)
+                    aborted = self.aborted
+                if aborted:  # abort() ran while we were connecting
+                    sock.close()
+                    raise ConnectionAbortedError(aborted)
                 return sock
             except OSError as exc:
                 sock.close()

@@ -5,6 +5,7 @@
         srv.add_html("/page.html")
         srv.add_cut_off("/cut.mp3", data, send=1000)     # Content-Length says more, then closes
         srv.add_stall("/slow.mp3", data)                  # headers, then silence until closed
+        srv.add_drip("/drip.mp3", data, interval=0.1)     # one byte at a time
         srv.add_redirect("/r", "http://169.254.169.254/latest/meta-data/")
         srv.add_status("/busy", 503)
         url = srv.url("/a.mp3")
@@ -28,12 +29,13 @@ CONTENT_TYPES = {
 
 @dataclass
 class Route:
-    kind: str  # file | html | cut_off | stall | redirect | status | chunked
+    kind: str  # file | html | cut_off | stall | drip | redirect | status | chunked
     body: bytes = b""
     content_type: str = "application/octet-stream"
     status: int = 200
     location: str = ""
     send: int = 0  # cut_off: bytes actually sent before closing
+    interval: float = 0.0  # drip: seconds between bytes
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -90,6 +92,22 @@ class _Handler(BaseHTTPRequestHandler):
             if not head:
                 # Send nothing until the test closes the server: the client's read timeout fires.
                 owner._closing.wait()
+            self.close_connection = True
+        elif route.kind == "drip":
+            self.send_response(200)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            if not head:
+                # One byte per interval: each read succeeds, so no socket timeout ever fires.
+                try:
+                    for i in range(len(route.body)):
+                        if owner._closing.wait(route.interval):
+                            break
+                        self.wfile.write(route.body[i:i + 1])
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
             self.close_connection = True
         elif route.kind == "chunked":
             self.send_response(200)
@@ -180,6 +198,11 @@ class LocalServer:
     def add_stall(self, path: str, data: bytes, content_type: str = "audio/mpeg") -> str:
         """Send headers, then nothing until the server closes (a read timeout on the client)."""
         self.routes[path] = Route("stall", data, content_type)
+        return self.url(path)
+
+    def add_drip(self, path: str, data: bytes, *, interval: float = 0.1, content_type: str = "audio/mpeg") -> str:
+        """Announce ``len(data)`` bytes, then send one byte per ``interval`` (a slow-loris source)."""
+        self.routes[path] = Route("drip", data, content_type, interval=interval)
         return self.url(path)
 
     def add_chunked(self, path: str, data: bytes, content_type: str = "audio/mpeg") -> str:

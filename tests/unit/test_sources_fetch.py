@@ -41,6 +41,7 @@ def server(tones):
         srv.add_html("/page.html")
         srv.add_cut_off("/cut.mp3", tones["short"], send=2000)
         srv.add_stall("/slow.mp3", tones["short"])
+        srv.add_drip("/drip.mp3", tones["short"], interval=0.05)
         srv.add_chunked("/chunked.mp3", tones["short"])
         srv.add_status("/busy.mp3", 503)
         srv.add_redirect("/to-metadata", "http://169.254.169.254/latest/meta-data/")
@@ -182,6 +183,13 @@ def test_cut_off_midway(server, tmp_path, settings, s3, connects, tones):
 def test_stalled_response_times_out_as_transient(server, tmp_path, settings, s3, connects):
     err = failed(TransientError, server.url("/slow.mp3"), tmp_path, settings, s3)
     assert "timed out" in err.message and err.permanent is False
+
+
+def test_dripping_server_hits_the_wall_clock_deadline(server, tmp_path, settings, s3, connects, monkeypatch):
+    """Each byte arrives within the socket timeout; only the overall deadline stops it."""
+    monkeypatch.setattr(sources, "DOWNLOAD_DEADLINE_SECONDS", 0.6)
+    err = failed(SourceUnavailable, server.url("/drip.mp3"), tmp_path, settings, s3)
+    assert err.message.endswith("the download did not finish within 0.6 s (the server is too slow)")
 
 
 def test_server_error_is_transient(server, tmp_path, settings, s3, connects):

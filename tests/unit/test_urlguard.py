@@ -245,3 +245,21 @@ def test_guarded_opener_posts_to_an_allowed_host_and_refuses_others():
     assert isinstance(info.value.reason, RefusedConnection)
     assert strict.connector.connections == 0
     assert "hooks.example resolves to 10.9.8.7, a private address" in strict.connector.refusal.message
+
+
+def test_connector_abort_cuts_open_connections_and_refuses_new_ones():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    connector = GuardedConnector(LOOPBACK_OK)
+    sock = connector(("127.0.0.1", port), 5)
+    peer, _ = server.accept()
+    try:
+        connector.abort("deadline of 1 s reached")
+        assert sock.recv(10) == b""  # shut down: the blocked reader sees end of stream
+        with pytest.raises(ConnectionAbortedError, match="deadline"):
+            connector(("127.0.0.1", port), 5)
+        assert connector.connections == 1
+    finally:
+        sock.close()
+        peer.close()
+        server.close()
