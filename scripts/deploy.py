@@ -3,7 +3,8 @@
   render   write .chalice/resources-<stage>.json and .chalice/policy-<stage>.json for every stage
            from chalicelib.infra (the single definition); `--check` only reports drift
   package  `chalice package --merge-template` into --out (SAM template + deployment.zip)
-  deploy   provision the stage's resources, `chalice deploy`, set WEBHOOK_SECRET, print the API URL
+  deploy   provision the stage's resources, `chalice deploy`, set WEBHOOK_SECRET and /tmp size,
+           ensure an API key + usage plan, print the API URL
   check    package the stage, then cfn-lint, parliament and the zip's contents (offline)
 """
 from __future__ import annotations
@@ -95,7 +96,6 @@ def _chalice_env() -> dict:
     # `chalice package` insists on a region although the template it writes is region-neutral.
     if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
         env["AWS_DEFAULT_REGION"] = "us-east-1"
-    env.pop("AWS_ENDPOINT_URL", None)
     return env
 
 
@@ -284,37 +284,55 @@ def check(stage: str, out: Path) -> int:
 # deploy (needs AWS credentials; not runnable offline)
 
 
-def _deployed(stage: str) -> dict:
-    path = CHALICE_DIR / "deployed" / f"{stage}.json"
+def _deployed(stage: str, chalice_dir: Path = CHALICE_DIR) -> dict:
+    """Chalice's record of what it deployed for ``stage``, by resource name."""
+    path = chalice_dir / "deployed" / f"{stage}.json"
     return {r["name"]: r for r in json.loads(path.read_text()).get("resources", [])}
 
 
-def _set_webhook_secret(stage: str, secret: str) -> None:
-    """Add WEBHOOK_SECRET to the deployed functions (Chalice only knows the committed config)."""
-    import boto3
+# Function settings Chalice's config cannot express (the SAM path gets them from the template).
+EPHEMERAL_MB = {"process_job": infra.WORKER_EPHEMERAL_MB, "api_handler": infra.API_EPHEMERAL_MB}
 
-    client = boto3.client("lambda")
-    for resource in _deployed(stage).values():
+
+def configure_functions(stage: str, secret: str, *, chalice_dir: Path = CHALICE_DIR, client=None) -> list[str]:
+    """After `chalice deploy`: add WEBHOOK_SECRET (never in the committed config) to each function's
+    environment and size its /tmp. Chalice replaces the environment on every deploy, so this runs
+    every time. Returns the names of the functions updated."""
+    if client is None:
+        import boto3
+
+        client = boto3.client("lambda")
+    updated = []
+    for name, resource in _deployed(stage, chalice_dir).items():
         if resource.get("resource_type") != "lambda_function":
             continue
         arn = resource["lambda_arn"]
         client.get_waiter("function_updated_v2").wait(FunctionName=arn)
-        env = client.get_function_configuration(FunctionName=arn).get("Environment", {}).get("Variables", {})
-        env["WEBHOOK_SECRET"] = secret
-        client.update_function_configuration(FunctionName=arn, Environment={"Variables": env})
-        print(f"deploy: WEBHOOK_SECRET set on {arn.rsplit(':', 1)[-1]}")
+        current = client.get_function_configuration(FunctionName=arn)
+        env = current.get("Environment", {}).get("Variables", {})
+        kwargs = {"FunctionName": arn, "EphemeralStorage": {"Size": EPHEMERAL_MB.get(name, infra.API_EPHEMERAL_MB)}}
+        if secret:
+            kwargs["Environment"] = {"Variables": {**env, "WEBHOOK_SECRET": secret}}
+        client.update_function_configuration(**kwargs)
+        updated.append(current["FunctionName"])
+        print(f"deploy: configured {current['FunctionName']} (/tmp {kwargs['EphemeralStorage']['Size']} MB"
+              f"{', WEBHOOK_SECRET' if secret else ''})")
+    return updated
 
 
-def _ensure_api_key(stage: str) -> str | None:
+def ensure_api_key(stage: str, *, chalice_dir: Path = CHALICE_DIR, client=None) -> str | None:
     """Chalice marks routes api_key_required but creates no key or usage plan; without them every
-    call is refused with 403. Creates (once) a usage plan and key named after the stage."""
-    import boto3
-
-    rest = _deployed(stage).get("rest_api")
+    call is refused with 403. Creates (once) a usage plan and key named after the stage and
+    returns the key's id."""
+    rest = _deployed(stage, chalice_dir).get("rest_api")
     if not rest:
         return None
     api_id, api_stage = rest["rest_api_id"], stage_config(stage).get("api_gateway_stage", "api")
-    apigw = boto3.client("apigateway")
+    if client is None:
+        import boto3
+
+        client = boto3.client("apigateway")
+    apigw = client
     name = f"{infra.APP_NAME}-{stage}"
     plans = [p for p in apigw.get_usage_plans(limit=500)["items"] if p["name"] == name]
     plan = plans[0] if plans else apigw.create_usage_plan(
@@ -333,7 +351,7 @@ def _ensure_api_key(stage: str) -> str | None:
 
 
 def deploy(stage: str) -> int:
-    """provision -> chalice deploy -> webhook secret -> API key -> print the URL."""
+    """provision -> chalice deploy -> secret + /tmp size -> API key -> print the URL."""
     if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
         raise CheckFailed("deploy: no AWS region; export AWS_REGION (see docs/TROUBLESHOOTING.md)")
     if render(check_only=True):
@@ -343,12 +361,11 @@ def deploy(stage: str) -> int:
     if _chalice("deploy", "--stage", stage).returncode != 0:
         return 1
     secret = os.environ.get("WEBHOOK_SECRET", "")
-    if secret:
-        _set_webhook_secret(stage, secret)
-    else:
+    if not secret:
         print("deploy: WARNING: WEBHOOK_SECRET is not set; webhooks cannot be signed (docs/deploy.md)")
+    configure_functions(stage, secret)
     if infra.stage_environment(stage).get("REQUIRE_API_KEY") == "true":
-        key_id = _ensure_api_key(stage)
+        key_id = ensure_api_key(stage)
         print(f"deploy: API key id {key_id}; value: aws apigateway get-api-key --api-key {key_id} "
               "--include-value --query value --output text")
     url = _chalice("url", "--stage", stage, capture=True).stdout.strip()

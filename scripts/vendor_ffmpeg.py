@@ -100,9 +100,12 @@ def verify(path: Path) -> str:
     return proc.stdout.splitlines()[0]
 
 
-def vendor(dest: Path = DEST) -> Path:
-    """Place the binary at ``dest`` (atomically) unless an identical executable copy is there."""
-    source = _installed_binary() or _binary_from_wheel(pinned_version())
+def vendor(dest: Path = DEST, *, from_wheel: bool = False) -> Path:
+    """Place the binary at ``dest`` (atomically) unless an identical copy is there.
+
+    ``from_wheel`` skips the installed package and uses the manylinux wheel (what a macOS host does).
+    """
+    source = (None if from_wheel else _installed_binary()) or _binary_from_wheel(pinned_version())
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and dest.stat().st_size == source.stat().st_size and _sha256(dest) == _sha256(source):
         print(f"vendor: {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} is up to date")
@@ -131,8 +134,10 @@ def vendor(dest: Path = DEST) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=DEST)
+    parser.add_argument("--from-wheel", action="store_true",
+                        help="take ffmpeg from the pinned manylinux wheel (downloaded once into build/wheels)")
     args = parser.parse_args(argv)
-    vendor(args.dest)
+    vendor(args.dest, from_wheel=args.from_wheel)
     return 0
 
 

@@ -1,0 +1,113 @@
+"""scripts/deploy.py's steps after `chalice deploy`, against moto: the webhook secret and /tmp size
+on the deployed functions, and the API key + usage plan Chalice does not create."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import deploy  # noqa: E402
+
+from chalicelib import infra  # noqa: E402
+
+REGION = "us-east-1"
+
+
+def _zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("app.py", "def handler(event, context):\n    return {}\n")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    """Two functions and a REST API as `chalice deploy --stage prod` leaves them, plus its record."""
+    with mock_aws():
+        iam = boto3.client("iam", region_name=REGION)
+        role = iam.create_role(RoleName="r", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                   "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]
+        lam = boto3.client("lambda", region_name=REGION)
+        resources = []
+        for name, fn_name in (("api_handler", "audio-stitch-prod"), ("process_job", "audio-stitch-prod-process_job")):
+            arn = lam.create_function(
+                FunctionName=fn_name, Runtime="python3.11", Role=role["Arn"], Handler="app.handler",
+                Code={"ZipFile": _zip()}, Environment={"Variables": {"STAGE": "prod", "QUEUE_NAME": "q.fifo"}},
+            )["FunctionArn"]
+            resources.append({"name": name, "resource_type": "lambda_function", "lambda_arn": arn})
+        apigw = boto3.client("apigateway", region_name=REGION)
+        api = apigw.create_rest_api(name="audio-stitch")
+        root = apigw.get_resources(restApiId=api["id"])["items"][0]["id"]
+        apigw.put_method(restApiId=api["id"], resourceId=root, httpMethod="GET", authorizationType="NONE")
+        apigw.put_integration(restApiId=api["id"], resourceId=root, httpMethod="GET", type="MOCK")
+        apigw.create_deployment(restApiId=api["id"], stageName="api")
+        resources.append({"name": "rest_api", "resource_type": "rest_api", "rest_api_id": api["id"],
+                          "rest_api_url": f"https://{api['id']}.execute-api.{REGION}.amazonaws.com/api/"})
+        (tmp_path / "deployed").mkdir()
+        (tmp_path / "deployed" / "prod.json").write_text(json.dumps({"resources": resources}))
+        yield {"dir": tmp_path, "lambda": lam, "apigw": apigw, "api_id": api["id"]}
+
+
+def _sent_sizes(lam) -> dict:
+    """EphemeralStorage sizes in the UpdateFunctionConfiguration requests botocore validated and
+    sent (moto 5.2.5 accepts but does not store the field on update)."""
+    sent = {}
+
+    def record(params, **_):
+        sent[params["FunctionName"].rsplit(":", 1)[-1]] = params.get("EphemeralStorage", {}).get("Size")
+
+    lam.meta.events.register("provide-client-params.lambda.UpdateFunctionConfiguration", record)
+    return sent
+
+
+def test_configure_functions_adds_secret_and_tmp_size(deployed):
+    lam = deployed["lambda"]
+    sent = _sent_sizes(lam)
+    names = deploy.configure_functions("prod", "s3cret", chalice_dir=deployed["dir"], client=lam)
+    assert sorted(names) == ["audio-stitch-prod", "audio-stitch-prod-process_job"]
+    assert sent == {"audio-stitch-prod-process_job": infra.WORKER_EPHEMERAL_MB,
+                    "audio-stitch-prod": infra.API_EPHEMERAL_MB}
+    worker = lam.get_function_configuration(FunctionName="audio-stitch-prod-process_job")
+    api = lam.get_function_configuration(FunctionName="audio-stitch-prod")
+    for fn in (worker, api):
+        # The variables Chalice set are kept; the secret is added.
+        assert fn["Environment"]["Variables"] == {"STAGE": "prod", "QUEUE_NAME": "q.fifo", "WEBHOOK_SECRET": "s3cret"}
+
+
+def test_configure_functions_without_secret_leaves_environment(deployed):
+    lam = deployed["lambda"]
+    sent = _sent_sizes(lam)
+    deploy.configure_functions("prod", "", chalice_dir=deployed["dir"], client=lam)
+    worker = lam.get_function_configuration(FunctionName="audio-stitch-prod-process_job")
+    assert worker["Environment"]["Variables"] == {"STAGE": "prod", "QUEUE_NAME": "q.fifo"}
+    assert sent["audio-stitch-prod-process_job"] == infra.WORKER_EPHEMERAL_MB
+
+
+def test_api_key_and_usage_plan_created_once(deployed):
+    apigw = deployed["apigw"]
+    first = deploy.ensure_api_key("prod", chalice_dir=deployed["dir"], client=apigw)
+    second = deploy.ensure_api_key("prod", chalice_dir=deployed["dir"], client=apigw)
+    assert first == second
+    plans = apigw.get_usage_plans()["items"]
+    assert len(plans) == 1 and plans[0]["name"] == "audio-stitch-prod"
+    assert plans[0]["apiStages"] == [{"apiId": deployed["api_id"], "stage": "api"}]
+    assert plans[0]["throttle"]["burstLimit"] == infra.API_BURST_LIMIT
+    keys = apigw.get_api_keys()["items"]
+    assert [k["id"] for k in keys] == [first] and keys[0]["enabled"]
+    assert [k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plans[0]["id"])["items"]] == [first]
+
+
+def test_deploy_refuses_without_region(monkeypatch, capsys):
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit, match="no AWS region"):
+        deploy.deploy("prod")
