@@ -263,9 +263,9 @@ def http_answers(url: str) -> bool:
         return False
 
 
-def wait_ready(children: dict[str, subprocess.Popen], port_file: Path, ready_file: Path,
+def wait_ready(children: dict[str, subprocess.Popen], port_file: Path, ready_files: list[Path],
                timeout: float) -> int:
-    """Wait for the API to answer and the worker to report in; returns the API's port."""
+    """Wait for the API to answer and every worker to report in; returns the API's port."""
     deadline = time.monotonic() + timeout
     api_port = None
     while time.monotonic() < deadline:
@@ -274,7 +274,7 @@ def wait_ready(children: dict[str, subprocess.Popen], port_file: Path, ready_fil
                 raise RuntimeError(f"{name} exited with status {proc.returncode} while starting (see its output above)")
         if api_port is None and port_file.is_file() and port_file.read_text().strip():
             api_port = int(port_file.read_text())
-        if api_port and ready_file.is_file() and http_answers(f"http://{HOST}:{api_port}/health"):
+        if api_port and all(f.is_file() for f in ready_files) and http_answers(f"http://{HOST}:{api_port}/health"):
             return api_port
         time.sleep(0.1)
     raise RuntimeError(f"the stack was not ready after {timeout:.0f}s")
@@ -288,7 +288,7 @@ def banner(state: RunState, settings) -> str:
         f"  API     {api}     (GET /health, POST /stitch, GET /jobs/<id>, POST /uploads)",
         f"  AWS     {state.moto_url}     (moto: S3, SQS, DynamoDB, SES; any credentials)",
         f"  buckets {settings.bucket_input} -> {settings.bucket_output}",
-        f"  queue   {state.queue_url}",
+        f"  queue   {state.queue_url}  ({sum(n.startswith('worker') for n in state.children)} worker(s))",
     ]
     if state.samples:
         lines.append(f"  samples {', '.join(state.samples)}")
@@ -329,18 +329,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-seed", action="store_true", help="do not upload the sample parts")
     parser.add_argument("--state-dir", default=os.environ.get("LOCAL_RUN_DIR") or str(DEFAULT_STATE_DIR),
                         help="lock file, run.json and logs of this stack (env LOCAL_RUN_DIR)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("LOCAL_WORKERS") or 1),
+                        help="worker processes, i.e. jobs run at once (env LOCAL_WORKERS, default 1)")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when the process that started us dies (tests use it)")
     args = parser.parse_args(argv)
     args.port = _port(args.port if args.port is not None else os.environ.get("API_PORT"), DEFAULT_API_PORT, "API port")
     args.moto_port = _port(args.moto_port if args.moto_port is not None else os.environ.get("MOTO_PORT"),
                            DEFAULT_MOTO_PORT, "moto port")
     args.state_dir = Path(args.state_dir).resolve()
+    if not 1 <= args.workers <= 16:
+        raise SystemExit(f"--workers must be between 1 and 16, got {args.workers}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the local stack until Ctrl-C/SIGTERM; 0 on a clean stop, 1 if it could not start or a child died."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.exit_with_parent:
+        from chalicelib.localworker import die_with_parent
+
+        die_with_parent(os.getppid())
     try:
         lock = acquire_lock(args.state_dir)
     except AlreadyRunning as exc:
@@ -368,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     state = RunState(pid=os.getpid(), stage=args.stage)
     status = 0
     try:
-        for stale in ("run.json", "api.port", "worker.ready"):
-            (args.state_dir / stale).unlink(missing_ok=True)
+        for stale in [*args.state_dir.glob("worker-*.ready"), *(args.state_dir / n for n in ("run.json", "api.port"))]:
+            stale.unlink(missing_ok=True)
         state.write(args.state_dir)
         moto = MotoServer(HOST, args.moto_port)
         state.moto_url = moto.url
@@ -399,14 +409,19 @@ def main(argv: list[str] | None = None) -> int:
             state.samples = seed_samples(boto3.client("s3"), settings.bucket_input)
             log(f"seeded s3://{settings.bucket_input}/: {' '.join(state.samples)}")
 
-        port_file, ready_file = args.state_dir / "api.port", args.state_dir / "worker.ready"
-        children["worker"] = spawn(["-m", "chalicelib.localworker", "--queue-url", state.queue_url,
-                                    "--ready-file", str(ready_file)], env)
+        port_file = args.state_dir / "api.port"
+        ready_files = [args.state_dir / f"worker-{i}.ready" for i in range(1, args.workers + 1)]
+        for i, ready_file in enumerate(ready_files, 1):
+            # One process per concurrent job, like Lambda instances; FIFO groups keep a job's
+            # messages in order whatever their number.
+            children[f"worker-{i}" if args.workers > 1 else "worker"] = spawn(
+                ["-m", "chalicelib.localworker", "--queue-url", state.queue_url, "--ready-file", str(ready_file)],
+                env)
         children["api"] = spawn(["-m", "chalicelib.localapi", "--host", HOST, "--port", str(args.port),
                                  "--stage", args.stage, "--port-file", str(port_file)], env)
         state.children = {name: proc.pid for name, proc in children.items()}
         state.write(args.state_dir)
-        api_port = wait_ready(children, port_file, ready_file, args.ready_timeout)
+        api_port = wait_ready(children, port_file, ready_files, args.ready_timeout)
         state.api_url = f"http://{HOST}:{api_port}"
         state.ready = True
         state.write(args.state_dir)
@@ -431,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_children(children)
         if moto is not None:
             moto.stop()
-        for name in ("run.json", "api.port", "worker.ready"):
-            (args.state_dir / name).unlink(missing_ok=True)
+        for leftover in [*args.state_dir.glob("worker-*.ready"), *(args.state_dir / n for n in ("run.json", "api.port"))]:
+            leftover.unlink(missing_ok=True)
         lock.close()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)

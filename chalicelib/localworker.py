@@ -33,12 +33,13 @@ def log(line: str) -> None:
     print(f"worker | {line}", flush=True)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when the `run` supervisor dies, even by SIGKILL.
+def die_with_parent(parent: int | str | None = None) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL.
 
-    Without it a killed supervisor would leave children serving on the stack's ports.
+    ``parent`` defaults to $LOCAL_RUN_PARENT_PID, which the `run` supervisor sets for its
+    children: without this a killed supervisor would leave them serving on the stack's ports.
     """
-    parent = os.environ.get("LOCAL_RUN_PARENT_PID")
+    parent = parent or os.environ.get("LOCAL_RUN_PARENT_PID")
     if not parent or not sys.platform.startswith("linux"):
         return
     try:

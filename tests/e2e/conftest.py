@@ -74,7 +74,7 @@ def start_stack(base: Path, *args: str, env: dict | None = None) -> Stack:
         # Output goes to a file, not a pipe: nobody would drain a pipe and the children would block.
         proc = subprocess.Popen(
             [sys.executable, "-m", "chalicelib", "run", "--port", "0", "--moto-port", "0",
-             "--state-dir", str(state_dir), *args],
+             "--state-dir", str(state_dir), "--exit-with-parent", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(PROJECT_ROOT),
             env=env or stack_env(base / "work"), start_new_session=True,
         )
@@ -104,7 +104,7 @@ def stop_stack(stack: Stack, sig: int = signal.SIGTERM) -> int:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    stack = start_stack(tmp_path_factory.mktemp("stack"), "--workers", "2")
     yield stack
     stop_stack(stack)
 

@@ -1,10 +1,12 @@
 """Starting and stopping `python -m chalicelib run`: one instance at a time, nothing left behind."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,3 +56,41 @@ def test_stop_signal_ends_every_child_and_frees_every_port(tmp_path, sig):
             os.kill(pid, 0)
     assert not (own.state_dir / "run.json").exists()
     assert "stopped; nothing left listening" in own.log()
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped yet (containers' pid 1 may not reap)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_killed_parent_takes_the_whole_stack_with_it(tmp_path):
+    state_dir, log = tmp_path / "state", tmp_path / "stack.log"
+    # A stand-in for pytest or a CI runner that dies without cleaning up (SIGKILL).
+    launcher = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         f"subprocess.Popen([sys.executable, '-m', 'chalicelib', 'run', '--port', '0', '--moto-port', '0',"
+         f" '--no-seed', '--exit-with-parent', '--state-dir', {str(state_dir)!r}],"
+         f" stdout=open({str(log)!r}, 'wb'), stderr=subprocess.STDOUT)\n"
+         "time.sleep(600)\n"],
+        cwd=str(PROJECT_ROOT), env=stack_env(tmp_path), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "READY" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else "no output"
+            time.sleep(0.1)
+        state = json.loads((state_dir / "run.json").read_text())
+        ports = [int(url.rsplit(":", 1)[1]) for url in (state["api_url"], state["moto_url"])]
+    finally:
+        launcher.kill()
+        launcher.wait()
+    pids = [state["pid"], *state["children"].values()]
+    deadline = time.monotonic() + 30
+    while not (all(_gone(p) for p in pids) and not any(port_in_use(p) for p in ports)):
+        assert time.monotonic() < deadline, f"still alive or listening after the launcher died:\n{log.read_text()}"
+        time.sleep(0.1)
+    assert "stopped; nothing left listening" in log.read_text()
