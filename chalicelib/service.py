@@ -146,9 +146,12 @@ class StitchService:
 
     def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[dict]) -> dict:
         """Create or join the job for this cache key, adding this request's notify targets."""
-        stored = {"request": {**spec.to_dict(), "notify_email": None, "webhook_url": None, "async": None},
-                  "identities": identities}
-        stored["request"] = {k: v for k, v in stored["request"].items() if v is not None}
+        request = {k: v for k, v in spec.to_dict().items() if k not in ("notify_email", "webhook_url", "async")}
+        # URL parts get their identity from the worker (source id); storing the URL twice could push
+        # a 100-part record past DynamoDB's 400 KB item limit.
+        stored = {"request": request,
+                  "identities": [None if p.url is not None else ident for p, ident in zip(spec.parts, identities,
+                                                                                           strict=True)]}
         created = self.jobs.create(job_id, stored)
         self.jobs.add_targets(job_id, [spec.notify_email] if spec.notify_email else [],
                               [spec.webhook_url] if spec.webhook_url else [])
