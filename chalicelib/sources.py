@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -257,9 +258,11 @@ def classify_failure(exc: BaseException, label: str, *, refusal: SourceRefused |
     for e in chain:
         if isinstance(e, TimeoutError):
             return TransientError(f"{label}: timed out talking to the server")
+        if isinstance(e, socket.gaierror) and e.errno == socket.EAI_AGAIN:
+            return TransientError(f"{label}: temporary DNS failure")
         if isinstance(e, RefusedConnection):
             return SourceRefused(f"{label}: {e}")
-        if isinstance(e, (ConnectionRefusedError, ConnectionResetError)) or type(e).__name__ == "gaierror":
+        if isinstance(e, (ConnectionRefusedError, ConnectionResetError, socket.gaierror)):
             return SourceUnavailable(f"{label}: host unreachable ({e.strerror or e})")
     text = _ytdlp_message(exc)
     # yt-dlp's retry manager reports a short body as text, the exception itself is gone.

@@ -214,6 +214,9 @@ class GuardedConnector:
             default = port if port in DEFAULT_PORTS.values() else None
             check_addresses(host, port, answers, self.settings, default_port=default)
         except SourceRefused as exc:
+            cause = exc.__cause__
+            if isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_AGAIN:
+                raise cause from None  # a DNS hiccup, not a verdict on the host: the caller may retry
             self.refuse(exc)
             raise RefusedConnection(exc.message) from None
         last_error: OSError | None = None

@@ -272,3 +272,16 @@ def test_single_video_url_drops_playlist_parameters_on_youtube_only():
     assert single_video_url("https://www.youtube.com/playlist?list=PL1") == "https://www.youtube.com/playlist?list=PL1"
     other = "https://notyoutube.com/watch?v=1&list=2"
     assert single_video_url(other) == other
+
+
+def test_dns_failures():
+    import socket
+
+    from yt_dlp.utils import DownloadError
+
+    again = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    err = classify_failure(DownloadError("ERROR: x", (socket.gaierror, again, None)), "p")
+    assert isinstance(err, TransientError) and "temporary DNS failure" in err.message
+    refused = ConnectionRefusedError(111, "Connection refused")
+    err = classify_failure(DownloadError("ERROR: x", (ConnectionRefusedError, refused, None)), "p")
+    assert isinstance(err, SourceUnavailable) and err.message == "p: host unreachable (Connection refused)"

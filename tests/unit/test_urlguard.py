@@ -263,3 +263,17 @@ def test_connector_abort_cuts_open_connections_and_refuses_new_ones():
         sock.close()
         peer.close()
         server.close()
+
+
+def test_connector_passes_a_temporary_dns_failure_through_unrecorded():
+    def flaky(host, port, *args):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    connector = GuardedConnector(DEFAULT, resolver=flaky)
+    with pytest.raises(socket.gaierror):
+        connector(("cdn.example", 443), 1)
+    assert connector.refusal is None  # not a refusal: the fetch may be retried
+    missing = GuardedConnector(DEFAULT, resolver=fake_resolver({}))
+    with pytest.raises(RefusedConnection):
+        missing(("no-such.example", 443), 1)
+    assert "cannot resolve" in missing.refusal.message
