@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadRequest, StitchError, UnsupportedAudio
 from ..options import Options
 from . import mp3
-from .encode import Segment, build_command, loudness_gains, output_channels, output_rate, run_ffmpeg
 from .probe import AudioInfo, probe
 from .types import PartInput, PartSpan, Result
 
@@ -33,14 +31,16 @@ def plan_mode(infos: list[AudioInfo], parts: list[PartInput], options: Options) 
         return "encode"
     if not all(p.options.is_identity for p in parts):
         return "encode"
-    scans = [i.mp3 for i in infos]
-    if any(s is None for s in scans) or not mp3.compatible(scans):
+    heads = [i.mp3_head for i in infos]
+    if any(h is None for h in heads) or not mp3.compatible(heads):
         return "encode"
     return "copy"
 
 
-def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list[Segment]:
+def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list:
     """Each part's trimmed span, checked against its real duration."""
+    from .encode import Segment
+
     segments = []
     for info, part in zip(infos, parts, strict=True):
         o = part.options
@@ -62,7 +62,7 @@ def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list[Segment]:
     return segments
 
 
-def _check_options(segments: list[Segment], options: Options) -> float:
+def _check_options(segments: list, options: Options) -> float:
     """Reject options that conflict with the parts' durations; return the output duration."""
     xf = options.crossfade_ms / 1000
     if xf and len(segments) > 1:
@@ -94,8 +94,9 @@ def _spans(durations: list[float], gap_s: float, overlap_s: float) -> list[PartS
 def _temp_beside(output: Path):
     """A temp path in the destination's directory, renamed over ``output`` only on success."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
-    os.close(fd)
+    # Not tempfile.mkstemp: importing tempfile costs more than the rest of a small copy join.
+    tmp = str(output.parent / f".{output.name}.{os.urandom(6).hex()}.partial")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield tmp
         os.chmod(tmp, 0o644)
@@ -117,17 +118,33 @@ def stitch(parts: list[PartInput], output_path: str | Path, options: Options,
     if not parts:
         raise BadRequest("at least one part is required", field="message_parts")
     output = Path(output_path)
-    infos = [probe(p.path, i, p.name) for i, p in enumerate(parts)]
-    mode = plan_mode(infos, parts, options)
-    if mode == "copy":
-        return _copy(infos, output, progress)
+    # MPEG parts are only peeked at first: a copy join walks their frames while copying them.
+    infos = [probe(p.path, i, p.name, walk=False) for i, p in enumerate(parts)]
+    if plan_mode(infos, parts, options) == "copy":
+        try:
+            return _copy(infos, output, progress)
+        except _NotClean:
+            pass  # junk between frames: ffmpeg decodes it fine, so re-encode instead
+    infos = [probe(p.path, i, p.name) if info.mp3_head is not None else info
+             for i, (p, info) in enumerate(zip(parts, infos, strict=True))]
     return _encode(infos, parts, output, options, progress)
 
 
+class _NotClean(Exception):
+    pass
+
+
 def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
-    scans = [i.mp3 for i in infos]
+    def scan_part(i: int, head: mp3.Mp3Head) -> mp3.Mp3Scan:
+        try:
+            return mp3.scan(head.path, head)
+        except mp3.Mp3Truncated as exc:
+            raise UnsupportedAudio(f"{infos[i].label}: {exc}", part=i) from None
+        except mp3.Mp3Error:
+            raise _NotClean() from None
+
     with _temp_beside(output) as tmp:
-        joined = mp3.join(scans, tmp)
+        joined = mp3.join([i.mp3_head for i in infos], tmp, scan_part)
     if progress:
         progress(1.0)
     rate = joined.sample_rate
@@ -136,6 +153,9 @@ def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
 
 
 def _encode(infos, parts, output: Path, options: Options, progress) -> Result:
+    # Imported here: a copy join never needs the encoder's machinery.
+    from .encode import Segment, build_command, loudness_gains, output_channels, output_rate, run_ffmpeg
+
     segments = _segments(infos, parts)
     total = _check_options(segments, options)
     if options.loudness_lufs is not None:

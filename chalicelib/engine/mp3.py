@@ -9,8 +9,11 @@ mutagen, players) report the same duration the decoder produces.
 from __future__ import annotations
 
 import os
+import queue
 import struct
+import threading
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,22 +261,48 @@ def _first_frame(f, start: int, limit: int) -> tuple[int, FrameHeader]:
         pos += 1
 
 
-def scan(path: str | Path) -> Mp3Scan:
-    """Walk every frame of an MPEG audio file. Raises Mp3Error if it is not one, or is truncated."""
+@dataclass(frozen=True)
+class Mp3Head:
+    """What the start of an MPEG file says, without walking its frames."""
+
+    path: Path
+    header: FrameHeader
+    vbr_tag: VbrTag | None
+    audio_start: int  # first audio frame (after ID3v2 and the VBR tag frame)
+    end_limit: int  # where trailing tags (ID3v1, APEv2) begin
+
+    @property
+    def duration_estimate(self) -> float:
+        """From the Xing/VBRI frame count when there is one, else from size and bitrate."""
+        h, tag = self.header, self.vbr_tag
+        if tag is not None and tag.frames:
+            samples = tag.frames * h.samples - (tag.encoder_delay or 0) - (tag.encoder_padding or 0)
+            return max(0, samples) / h.sample_rate
+        return (self.end_limit - self.audio_start) * 8 / (h.bitrate * 1000)
+
+
+def peek(path: str | Path) -> Mp3Head:
+    """Find the first frame and read its Xing/VBRI tag. Raises Mp3Error if there is no MPEG audio."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(10)
-        start = _id3v2_size(head)
+        start = _id3v2_size(f.read(10))
         end_limit = _trailing_tags(f, size, start)
         if end_limit <= start:
             raise Mp3Error("no MPEG audio frames found")
         pos, header = _first_frame(f, start, end_limit)
         f.seek(pos)
-        first = f.read(header.size)
-        tag = parse_vbr_tag(first, header)
-        if tag is not None:
-            pos += header.size  # the tag frame is silent metadata, not audio
+        tag = parse_vbr_tag(f.read(header.size), header)
+    if tag is not None:
+        pos += header.size  # the tag frame is silent metadata, not audio
+    return Mp3Head(path, header, tag, pos, end_limit)
+
+
+def scan(path: str | Path, head: Mp3Head | None = None) -> Mp3Scan:
+    """Walk every frame of an MPEG audio file. Raises Mp3Error if it is not one, or is truncated."""
+    head = head or peek(path)
+    path, header, tag, pos, end_limit = head.path, head.header, head.vbr_tag, head.audio_start, head.end_limit
+    with open(path, "rb") as f:
         table = _size_table(header)
         offsets = array("q")
         frames = 0
@@ -284,19 +313,24 @@ def scan(path: str | Path) -> Mp3Scan:
             buf = f.read(min(CHUNK, end_limit - pos))
             stop = len(buf) - 3
             i = 0
-            # The hot loop: one table lookup per frame (about 0.2 us), no object creation.
-            while i < stop:
-                if buf[i] != 0xFF:
-                    break
-                n = table[(buf[i + 1] << 8) | buf[i + 2]]
-                if not n:
-                    break
-                if not frames % OFFSET_STRIDE:
+            bad = False
+            # The hot loop: one table lookup per frame (about 0.2 us), no object creation; an
+            # offset is kept at the start of each block of OFFSET_STRIDE frames.
+            while i < stop and not bad:
+                block = OFFSET_STRIDE - frames % OFFSET_STRIDE
+                if block == OFFSET_STRIDE:
                     offsets.append(pos + i)
                     bitrates_seen.add(buf[i + 2] >> 4)
-                i += n
-                frames += 1
-            if i < stop:  # not a frame header where one should be
+                for _ in range(block):
+                    if i >= stop:
+                        break
+                    n = table[(buf[i + 1] << 8) | buf[i + 2]] if buf[i] == 0xFF else 0
+                    if not n:
+                        bad = True
+                        break
+                    i += n
+                    frames += 1
+            if bad:  # not a frame header where one should be
                 raise Mp3Error(f"not a clean MPEG stream: garbage at byte {pos + i} after {frames} frames")
             if len(buf) < 4:  # 1-3 stray bytes after the last frame: not audio, leave them out
                 break
@@ -402,34 +436,29 @@ def _toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
     return bytes(toc)
 
 
-def compatible(scans: list[Mp3Scan]) -> bool:
+def compatible(heads: list[Mp3Head] | list[Mp3Scan]) -> bool:
     """Same MPEG version, layer, sample rate and channel mode: the frames can share a stream."""
-    return len({s.header.stream_key for s in scans}) == 1
+    return len({h.header.stream_key for h in heads}) == 1
 
 
-def _copy_range(src, dst, start: int, length: int) -> None:
-    """Copy bytes file-to-file in the kernel when possible; otherwise in bounded chunks."""
-    src_fd, dst_fd = src.fileno(), dst.fileno()
-    offset = start
-    remaining = length
+def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+    """Copy bytes file to file inside the kernel when it can (no user-space buffer), else in
+    bounded chunks. Explicit offsets: no shared file position, so it can run in a thread."""
+    done = 0
     try:
-        while remaining > 0:
-            n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset)
+        while done < length:
+            n = os.copy_file_range(src_fd, dst_fd, min(length - done, 1 << 30), src_off + done, dst_off + done)
             if n == 0:
                 break
-            offset += n
-            remaining -= n
+            done += n
     except (AttributeError, OSError):
         pass
-    if remaining > 0:
-        src.seek(offset)
-        dst.seek(0, os.SEEK_END)
-        while remaining > 0:
-            block = src.read(min(CHUNK, remaining))
-            if not block:
-                raise Mp3Error("file shrank while it was being copied")
-            dst.write(block)
-            remaining -= len(block)
+    while done < length:
+        block = os.pread(src_fd, min(CHUNK, length - done), src_off + done)
+        if not block:
+            raise Mp3Error("file shrank while it was being copied")
+        os.pwrite(dst_fd, block, dst_off + done)
+        done += len(block)
 
 
 @dataclass
@@ -441,34 +470,84 @@ class JoinInfo:
     sample_rate: int
 
 
-def join(scans: list[Mp3Scan], out_path: str | Path) -> JoinInfo:
-    """Write ``scans``' audio frames, in order, behind one new Xing/Info + LAME tag frame."""
-    if not scans or not compatible(scans):
-        raise ValueError("join needs at least one scan and compatible streams")
-    h = scans[0].header
+def join(heads: list[Mp3Head], out_path: str | Path,
+         scan_part: Callable[[int, Mp3Head], Mp3Scan] = lambda _i, head: scan(head.path, head)) -> JoinInfo:
+    """Write every part's audio frames, in order, behind one new Xing/Info + LAME tag frame.
+
+    ``scan_part(i, head)`` walks part i (and may raise for a bad part). Each part is walked while
+    a thread copies it: the copy runs in the kernel, so the two overlap on two cores.
+    """
+    if not heads or not compatible(heads):
+        raise ValueError("join needs at least one part and compatible streams")
+    h = heads[0].header
     spf = h.samples
     _, tag_size = _tag_frame_header(h)
-    total_frames = sum(s.frames for s in scans)
-    audio_bytes = sum(s.end - s.start for s in scans)
-    total_bytes = tag_size + audio_bytes
-    vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
-    delay, padding = scans[0].encoder_delay, scans[-1].encoder_padding
-    frame = build_tag_frame(h, total_frames, total_bytes, _toc(scans, total_bytes), vbr=vbr,
-                            delay=delay, padding=padding)
-    part_samples = []
-    at = 0
+    scans: list[Mp3Scan] = []
     with open(out_path, "wb") as dst:
-        dst.write(frame)
-        dst.flush()
-        for s in scans:
-            with open(s.path, "rb") as src:
-                _copy_range(src, dst, s.start, s.end - s.start)
-            n = s.frames * spf
-            part_samples.append((at, at + n))
-            at += n
-        dst.flush()
-        os.fsync(dst.fileno()) if os.environ.get("STITCH_FSYNC") else None
+        dst_fd = dst.fileno()
+        copier = _Copier()
+        at = tag_size  # the tag frame is written last, once the counts are known
+        try:
+            for i, head in enumerate(heads):
+                # Copy optimistically up to the trailing tags while the walk runs; if the walk
+                # finds the frames end earlier (stray bytes), the next part's copy overwrites
+                # the excess (copies run in order) and the final truncate cuts it off.
+                copier.put(head.path, dst_fd, head.audio_start, at, head.end_limit - head.audio_start)
+                s = scan_part(i, head)
+                if s.start != head.audio_start or s.end > head.end_limit:
+                    raise ValueError("scan_part must walk the part from its head")
+                scans.append(s)
+                at += s.end - s.start
+        except BaseException:
+            copier.finish(cancel=True)  # the output is going away: skip copies not started yet
+            raise
+        copier.finish()
+        os.ftruncate(dst_fd, at)
+        total_frames = sum(s.frames for s in scans)
+        total_bytes = at
+        vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
+        delay, padding = scans[0].encoder_delay, scans[-1].encoder_padding
+        frame = build_tag_frame(h, total_frames, total_bytes, _toc(scans, total_bytes), vbr=vbr,
+                                delay=delay, padding=padding)
+        os.pwrite(dst_fd, frame, 0)
+    part_samples, at = [], 0
+    for s in scans:
+        part_samples.append((at, at + s.frames * spf))
+        at += s.frames * spf
     # Output samples as a gapless decoder sees them: the first delay and last padding are cut.
     total = max(0, total_frames * spf - delay - padding)
     part_samples = [(max(0, a - delay), max(0, min(b - delay, total))) for a, b in part_samples]
     return JoinInfo(total_frames, total, part_samples, total_bytes, h.sample_rate)
+
+
+class _Copier:
+    """One thread running file copies in the order they were queued."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="mp3-join-copy", daemon=True)
+        self._thread.start()
+
+    def put(self, path: Path, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+        self._jobs.put((path, dst_fd, src_off, dst_off, length))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is not None or self._cancelled:
+                continue
+            path, dst_fd, src_off, dst_off, length = job
+            try:
+                with open(path, "rb") as src:
+                    _copy_range(src.fileno(), dst_fd, src_off, dst_off, length)
+            except BaseException as exc:  # handed to the joining thread by finish()
+                self._error = exc
+
+    def finish(self, cancel: bool = False) -> None:
+        """Wait for the queued copies (or skip those not started); re-raise a copy's error."""
+        self._cancelled = cancel
+        self._jobs.put(None)
+        self._thread.join()
+        if self._error is not None and not cancel:
+            raise self._error

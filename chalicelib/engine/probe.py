@@ -27,17 +27,20 @@ class AudioInfo:
     index: int = 0
     name: str | None = None
     mp3: mp3.Mp3Scan | None = field(default=None, repr=False, compare=False)  # set for clean MPEG audio
+    mp3_head: mp3.Mp3Head | None = field(default=None, repr=False, compare=False)  # MPEG, maybe not walked
 
     @property
     def label(self) -> str:
         return part_label(self.index, self.name or self.path.name)
 
 
-def probe(path, index: int = 0, name: str | None = None) -> AudioInfo:
+def probe(path, index: int = 0, name: str | None = None, *, walk: bool = True) -> AudioInfo:
     """Duration, codec, sample rate and channels of ``path``.
 
     Raises PartNotFound (missing file) or UnsupportedAudio (empty, truncated, not audio), with
-    ``part=index`` and a message such as ``part 3 (b.txt): no audio stream``.
+    ``part=index`` and a message such as ``part 3 (b.txt): no audio stream``. With
+    ``walk=False`` an MPEG file is judged by its first frames only (its duration is the header's
+    estimate and truncation is not checked): the copy join walks the frames while copying.
     """
     path = Path(path)
     label = part_label(index, name or path.name)
@@ -52,9 +55,17 @@ def probe(path, index: int = 0, name: str | None = None) -> AudioInfo:
     if size == 0:
         raise UnsupportedAudio(f"{label}: empty file", part=index)
 
-    if mp3.looks_like_mp3(path):
+    try:
+        head = mp3.peek(path)
+    except mp3.Mp3Error:
+        head = None
+    if head is not None and not walk:
+        h = head.header
+        return AudioInfo(path, head.duration_estimate, "mp3" if h.layer == 3 else f"mp{h.layer}", h.sample_rate,
+                         h.channels, h.bitrate, index, name, None, head)
+    if head is not None:
         try:
-            scan = mp3.scan(path)
+            scan = mp3.scan(path, head)
         except mp3.Mp3Truncated as exc:
             raise UnsupportedAudio(f"{label}: {exc}", part=index) from None
         except mp3.Mp3Error:
@@ -65,7 +76,7 @@ def probe(path, index: int = 0, name: str | None = None) -> AudioInfo:
             kbps = round((scan.end - scan.start) * 8 / seconds / 1000)  # the average: right for VBR too
             return AudioInfo(
                 path, scan.duration_s, "mp3" if h.layer == 3 else f"mp{h.layer}", h.sample_rate, h.channels,
-                kbps, index, name, scan,
+                kbps, index, name, scan, head,
             )
 
     info = _probe_mutagen(path, index, name)

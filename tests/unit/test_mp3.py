@@ -176,3 +176,17 @@ def test_scan_reads_in_chunks(tones, tmp_path, monkeypatch):
     chunked = mp3.scan(tones["c"])
     assert (chunked.frames, chunked.start, chunked.end) == (whole.frames, whole.start, whole.end)
     assert list(chunked.offsets) == list(whole.offsets)
+
+
+def test_stray_bytes_after_last_frame_are_left_out(tones, tmp_path):
+    """The copy runs ahead of the walk; bytes the walk rejects must not reach the output."""
+    stray = tmp_path / "stray.mp3"
+    stray.write_bytes(tones["a"].read_bytes() + b"\xff\x00")
+    out = tmp_path / "j.mp3"
+    result = stitch([PartInput(stray), PartInput(tones["b"]), PartInput(stray)], out, Options())
+    assert result.mode == "copy"
+    expected = [mp3.scan(p) for p in (tones["a"], tones["b"], tones["a"])]
+    joined = mp3.scan(out)
+    assert joined.frames == sum(s.frames for s in expected)
+    assert out.stat().st_size == joined.end == joined.vbr_tag.bytes
+    check_header_matches_decode(out, [tones["a"], tones["b"], tones["a"]])
