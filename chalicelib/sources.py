@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -562,6 +563,36 @@ def _refuse_unsafe(url: str, *, index: int, settings: Settings) -> tuple[str, st
     return extractor, video_id
 
 
+# identify_url's metadata, reused by the fetch that usually follows within the same job, so a
+# YouTube page is not extracted twice. Short-lived: signed media URLs expire.
+INFO_MEMO_SECONDS = 300.0
+_INFO_MEMO: dict[tuple, tuple[float, dict]] = {}
+_INFO_MEMO_LOCK = threading.Lock()
+
+
+def _memo_key(url: str, settings: Settings) -> tuple:
+    return (normalise_url(url), settings.allowed_extractors, settings.allow_loopback_urls,
+            settings.allowed_url_ports)
+
+
+def _remember(url: str, settings: Settings, info: dict) -> None:
+    now = time.monotonic()
+    with _INFO_MEMO_LOCK:
+        for key in [k for k, (t, _) in _INFO_MEMO.items() if now - t > INFO_MEMO_SECONDS]:
+            del _INFO_MEMO[key]
+        if len(_INFO_MEMO) >= 32:
+            del _INFO_MEMO[min(_INFO_MEMO, key=lambda k: _INFO_MEMO[k][0])]
+        _INFO_MEMO[_memo_key(url, settings)] = (now, info)
+
+
+def _recall(url: str, settings: Settings) -> dict | None:
+    with _INFO_MEMO_LOCK:
+        found = _INFO_MEMO.pop(_memo_key(url, settings), None)
+    if found and time.monotonic() - found[0] <= INFO_MEMO_SECONDS:
+        return found[1]
+    return None
+
+
 def identify_url(url: str, *, index: int, settings: Settings) -> SourceInfo:
     """Read a URL's metadata (``extract_info(download=False)``) and apply the source rules.
 
@@ -574,7 +605,9 @@ def identify_url(url: str, *, index: int, settings: Settings) -> SourceInfo:
     with ydl, _Deadline(connector, METADATA_DEADLINE_SECONDS, _label(index, url), "reading the metadata"):
         try:
             info = _extract(ydl, connector, url, index=index, settings=settings)
-            return check_info(info, url, index=index, settings=settings)
+            source = check_info(info, url, index=index, settings=settings)
+            _remember(url, settings, info)
+            return source
         except StitchError as exc:
             exc.part = index
             raise
@@ -758,7 +791,7 @@ def _fetch(url: str, *, index: int, workdir: Path, settings: Settings, s3_client
     try:
         ydl, connector = _new_ydl(settings, collector, download_dir, [guard_progress])
         with ydl, _Deadline(connector, DOWNLOAD_DEADLINE_SECONDS, label, "the download") as deadline:
-            info = _extract(ydl, connector, url, index=index, settings=settings)
+            info = _recall(url, settings) or _extract(ydl, connector, url, index=index, settings=settings)
             source = check_info(info, url, index=index, settings=settings)
             if (source.extractor, source.id) != (extractor, video_id):
                 # The URL led elsewhere (e.g. a short link to a YouTube video): maybe cached there.

@@ -85,6 +85,7 @@ def quick_network(monkeypatch):
     # One attempt, short read timeout: the stalled server would otherwise hold a test for 20 s.
     monkeypatch.setattr(sources, "SOCKET_TIMEOUT_SECONDS", 0.5)
     monkeypatch.setattr(sources, "RETRIES", 0)
+    monkeypatch.setattr(sources, "_INFO_MEMO", {})  # each test starts without remembered metadata
 
 
 def cache_keys(s3) -> list[str]:
@@ -274,3 +275,45 @@ def test_an_unusable_cache_does_not_fail_the_fetch(server, tmp_path, settings, s
     got = fetch(server.url("/a.mp3"), tmp_path, no_bucket, s3)
     assert got.cached is False and got.path.read_bytes() == tones["short"]
     assert cache_keys(s3) == []
+
+
+def test_only_the_guarded_handler_is_installed(settings):
+    ydl, connector = sources._new_ydl(settings, sources._Collector())
+    with ydl:
+        handlers = list(ydl._request_director.handlers.values())
+        assert [type(h).__name__ for h in handlers] == ["GuardedUrllibRH"]  # not requests/curl_cffi
+        assert handlers[0].connector is connector
+
+
+def test_proxy_settings_in_the_environment_are_ignored(server, tmp_path, settings, s3, connects,
+                                                       monkeypatch, tones):
+    # A proxy would open the connection on our behalf, where the guard cannot see it.
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://10.0.0.1:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    got = fetch(server.url("/a.mp3"), tmp_path, settings, s3)
+    assert got.path.read_bytes() == tones["short"]
+    assert connects and all(addr[0] == "127.0.0.1" for addr in connects)
+
+
+def test_sources_module_imports_no_ytdlp():
+    import subprocess
+    import sys
+
+    code = ("import sys, chalicelib.sources, chalicelib.urlguard; "
+            "print(sorted(m for m in ('yt_dlp', 'pydub', 'mutagen', 'urllib.request') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "[]"
+
+
+def test_fetch_after_identify_reuses_the_metadata(server, tmp_path, settings, s3, connects, tones):
+    url = server.add_file("/identified.mp3", tones["short"])
+    info = sources.identify_url(url, index=0, settings=settings)
+    assert server.hits("/identified.mp3") == 1  # metadata: headers of one GET
+    got = fetch(url, tmp_path, settings, s3)
+    assert server.hits("/identified.mp3") == 2  # the download only, no second extraction
+    assert got.source_id == info.source_id and got.path.read_bytes() == tones["short"]
+    fetch(url, tmp_path, settings, s3, name="again")  # memo used once; now the S3 cache answers
+    assert server.hits("/identified.mp3") == 2
