@@ -600,17 +600,16 @@ def identify_url(url: str, *, index: int, settings: Settings) -> SourceInfo:
     TransientError, each with ``part=index``.
     """
     _refuse_unsafe(url, index=index, settings=settings)
-    collector = _Collector()
-    ydl, connector = _new_ydl(settings, collector)
-    with ydl, _Deadline(connector, METADATA_DEADLINE_SECONDS, _label(index, url), "reading the metadata"):
-        try:
+    ydl, connector = _new_ydl(settings, _Collector())
+    try:
+        with ydl, _Deadline(connector, METADATA_DEADLINE_SECONDS, _label(index, url), "reading the metadata"):
             info = _extract(ydl, connector, url, index=index, settings=settings)
             source = check_info(info, url, index=index, settings=settings)
-            _remember(url, settings, info)
-            return source
-        except StitchError as exc:
-            exc.part = index
-            raise
+    except StitchError as exc:
+        exc.part = index
+        raise
+    _remember(url, settings, info)
+    return source
 
 
 _YOUTUBE_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtube-nocookie\.com)$")

@@ -317,3 +317,12 @@ def test_fetch_after_identify_reuses_the_metadata(server, tmp_path, settings, s3
     assert got.source_id == info.source_id and got.path.read_bytes() == tones["short"]
     fetch(url, tmp_path, settings, s3, name="again")  # memo used once; now the S3 cache answers
     assert server.hits("/identified.mp3") == 2
+
+
+def test_identify_url_has_a_deadline_too(server, settings, connects, monkeypatch):
+    monkeypatch.setattr(sources, "METADATA_DEADLINE_SECONDS", 0.3)
+    server.add_drip("/drip-page", b"<html>" + b" " * 2000, interval=0.05, content_type="text/html")
+    with pytest.raises(SourceUnavailable) as info:
+        sources.identify_url(server.url("/drip-page"), index=6, settings=settings)
+    assert info.value.part == 6
+    assert info.value.message.endswith("reading the metadata did not finish within 0.3 s (the server is too slow)")
