@@ -11,6 +11,7 @@ error classification) are pure functions of yt-dlp info dicts, tested without a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -263,7 +264,10 @@ def classify_failure(exc: BaseException, label: str, *, refusal: SourceRefused |
             return TransientError(f"{label}: temporary DNS failure")
         if isinstance(e, RefusedConnection):
             return SourceRefused(f"{label}: {e}")
-        if isinstance(e, (ConnectionRefusedError, ConnectionResetError, socket.gaierror)):
+        if isinstance(e, ConnectionResetError):
+            return SourceUnavailable(f"{label}: the server reset the connection")
+        if isinstance(e, OSError) and e.errno in (
+                errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, socket.EAI_NONAME):
             return SourceUnavailable(f"{label}: host unreachable ({e.strerror or e})")
     text = _ytdlp_message(exc)
     # yt-dlp's retry manager reports a short body as text, the exception itself is gone.
