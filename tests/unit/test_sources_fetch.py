@@ -326,3 +326,21 @@ def test_identify_url_has_a_deadline_too(server, settings, connects, monkeypatch
         sources.identify_url(server.url("/drip-page"), index=6, settings=settings)
     assert info.value.part == 6
     assert info.value.message.endswith("reading the metadata did not finish within 0.3 s (the server is too slow)")
+
+
+def test_youtube_video_in_the_source_cache_needs_no_request(tmp_path, settings, s3, connects, monkeypatch, tones):
+    """The cache key comes from the video id in the URL: no extraction, no connection at all."""
+    lookups = []
+
+    def public_dns(host, port, *args, **kwargs):  # no real DNS query leaves the machine
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("142.250.74.110", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", public_dns)
+    s3.put_object(Bucket=BUCKET, Key="sources/youtube/dQw4w9WgXcQ.mp3", Body=tones["short"],
+                  Metadata={"duration": "1.045", "title": "Never%20Gonna"})
+    got = fetch("https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=PL0&t=3", tmp_path, settings, s3, index=1)
+    assert (got.cached, got.source_id, got.title) == (True, "youtube:dQw4w9WgXcQ", "Never Gonna")
+    assert got.path == tmp_path / "job" / "url-1.mp3" and got.path.read_bytes() == tones["short"]
+    assert got.duration_s == pytest.approx(1.045)
+    assert connects == [] and lookups == ["www.youtube.com"]  # the up-front SSRF check only
