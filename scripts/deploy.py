@@ -257,6 +257,73 @@ def check_zip(zip_path: Path) -> list[str]:
     return problems
 
 
+# What Lambda's python3.11 runtime provides besides the standard library.
+LAMBDA_RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
+
+_IMPORT_PROBE = r"""
+import importlib, json, sys
+task, runtime, modules = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+sys.path[:0] = [task, runtime]
+out = {"errors": {}, "outside": []}
+for name in modules:
+    try:
+        module = importlib.import_module(name)
+        if not getattr(module, "__file__", "").startswith((task, runtime)):
+            out["outside"].append(name)
+    except Exception as exc:
+        out["errors"][name] = repr(exc)
+try:
+    from chalicelib.ffmpeg import ffmpeg_binary
+    out["ffmpeg"] = ffmpeg_binary()
+except Exception as exc:
+    out["ffmpeg"] = repr(exc)
+print(json.dumps(out))
+"""
+
+
+def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
+    """Unzip as Lambda does and import the app, every chalicelib module the functions can reach
+    and each runtime dependency, with only the zip and the runtime's own packages on the path
+    (`python -S`: no site-packages). ffmpeg must resolve to the zip's bin/ffmpeg."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    with tempfile.TemporaryDirectory() as tmp:
+        task, runtime = Path(tmp) / "task", Path(tmp) / "runtime"
+        runtime.mkdir()
+        for name in LAMBDA_RUNTIME_PACKAGES:
+            if (site / name).exists():
+                (runtime / name).symlink_to(site / name)
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(task)
+            for info in zf.infolist():
+                mode = (info.external_attr >> 16) & 0o777
+                if mode:
+                    os.chmod(task / info.filename, mode)
+            names = zf.namelist()
+        modules = ["app"] + sorted(
+            n[:-3].replace("/", ".").removesuffix(".__init__")
+            for n in names
+            if n.startswith("chalicelib/") and n.endswith(".py")
+            # The local stack and the CLI never run on Lambda (they import moto, start servers).
+            and not Path(n).name.startswith(("local", "__main__", "cli"))
+        ) + list(RUNTIME_MODULES)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT", "PYTHON"))}
+        env.update(infra.stage_environment(stage))
+        env.setdefault("AWS_REGION", "us-east-1")
+        env.pop("FFMPEG_BINARY", None)
+        proc = subprocess.run([sys.executable, "-S", "-c", _IMPORT_PROBE, str(task), str(runtime), ",".join(modules)],
+                              capture_output=True, text=True, cwd=task, env=env, timeout=120)
+        if proc.returncode != 0:
+            return [f"lambda imports: probe failed: {proc.stderr[-2000:]}"]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        problems = [f"lambda imports: {m}: {err}" for m, err in result["errors"].items()]
+        problems += [f"lambda imports: {m} imported from outside the package" for m in result["outside"]]
+        if result["ffmpeg"] != str(task / "bin" / "ffmpeg"):
+            problems.append(f"lambda imports: ffmpeg resolves to {result['ffmpeg']}, not the package's bin/ffmpeg")
+    return problems
+
+
 def check_direct_upload(zip_path: Path) -> list[str]:
     """`chalice deploy` uploads the zip in the API call, which Lambda caps at 50 MB."""
     size = Path(zip_path).stat().st_size
@@ -273,7 +340,8 @@ def check_direct_upload(zip_path: Path) -> list[str]:
 def check(stage: str, out: Path) -> int:
     template = package(stage, out)
     zip_path = Path(out).resolve() / "deployment.zip"
-    problems = check_cfn_lint(template) + check_policies() + check_zip(zip_path) + check_direct_upload(zip_path)
+    problems = (check_cfn_lint(template) + check_policies() + check_zip(zip_path)
+                + check_lambda_imports(zip_path, stage) + check_direct_upload(zip_path))
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"check: {len(problems)} problem(s)")

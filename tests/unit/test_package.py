@@ -122,6 +122,23 @@ def test_zip_has_runnable_ffmpeg_and_every_dependency(packaged):
     assert not any(n.startswith(("tests/", "scripts/", ".venv/", "vendor/")) for n in names)
 
 
+def test_package_imports_with_only_the_zip_and_the_lambda_runtime(packaged):
+    _, _, zip_path = packaged
+    assert deploy.check_lambda_imports(zip_path, STAGE) == []
+
+
+def test_import_check_reports_missing_modules_and_ffmpeg(tmp_path):
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("app.py", "import pydub\n")
+        for name in ("__init__.py", "config.py", "ffmpeg.py"):
+            zf.write(ROOT / "chalicelib" / name, f"chalicelib/{name}")
+    problems = "\n".join(deploy.check_lambda_imports(path, STAGE))
+    assert "lambda imports: app: ModuleNotFoundError" in problems
+    assert "lambda imports: yt_dlp: ModuleNotFoundError" in problems
+    assert "not the package's bin/ffmpeg" in problems
+
+
 def test_zip_check_reports_a_broken_package(tmp_path):
     path = tmp_path / "bad.zip"
     with zipfile.ZipFile(path, "w") as zf:
