@@ -173,12 +173,15 @@ class JobStore:
         return _item_to_job(r["Item"]) if "Item" in r else None
 
     def requeue(self, job: Job) -> Job | None:
-        """Finished -> queued as run+1 (only if nobody else did it first); the new Job or None."""
+        """Finished -> queued as run+1 (only if nobody else did it first); the new Job or None.
+
+        The old run's notify targets are dropped: they were told its outcome.
+        """
         now = self.clock()
         return self._update(
             job.job_id,
             "SET #status = :q, #run = :next, #progress = :zero, #lease_until = :zero, #updated_at = :now, "
-            "#expires_at_epoch = :ttl REMOVE #result, #error",
+            "#expires_at_epoch = :ttl REMOVE #result, #error, #emails, #webhooks",
             {":q": {"S": QUEUED}, ":next": _n(job.run + 1), ":zero": _n(0), ":now": _n(now),
              ":ttl": _n(int(now + self.ttl_days * 86400)), ":old": {"S": job.status}, ":run": _n(job.run)},
             "#status = :old AND #run = :run",

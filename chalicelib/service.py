@@ -152,9 +152,12 @@ class StitchService:
         stored = {"request": request,
                   "identities": [None if p.url is not None else ident for p, ident in zip(spec.parts, identities,
                                                                                            strict=True)]}
+        emails = [spec.notify_email] if spec.notify_email else []
+        webhooks = [spec.webhook_url] if spec.webhook_url else []
         created = self.jobs.create(job_id, stored)
-        self.jobs.add_targets(job_id, [spec.notify_email] if spec.notify_email else [],
-                              [spec.webhook_url] if spec.webhook_url else [])
+        # Added before reading the job: if it finishes meanwhile, we see it finished (and rerun),
+        # otherwise the worker's final read includes our targets.
+        self.jobs.add_targets(job_id, emails, webhooks)
         run = 1
         if not created:
             job = self.jobs.get(job_id)
@@ -162,13 +165,31 @@ class StitchService:
                 return self._enqueue(job_id, spec, identities)
             run = job.run
             if job.finished:
-                # We only get here when the cached result is gone (or the job failed): run it again.
+                if self._reusable(job):
+                    return {"job_id": job_id, "status": job.status, "status_url": f"/jobs/{job_id}"}
+                # Failed, or its result is gone, or someone new wants to hear: run it again. The
+                # requeue forgets the old run's targets (they were told); ours are added back below.
                 again = self.jobs.requeue(job)
                 run = again.run if again is not None else (self.jobs.get(job_id) or job).run
+            # Again, in case a concurrent requeue cleared the targets after our first add.
+            self.jobs.add_targets(job_id, emails, webhooks)
         # Sent on every submit while queued: FIFO deduplication drops the repeats, and a job whose
         # first send was lost (crash between put and send) gets its message after all.
         self.queue.send(job_id, run)
         return {"job_id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}"}
+
+    def _reusable(self, job: Job) -> bool:
+        """A finished job that needs no new run: it succeeded, its result is still stored, and
+        every target has been told (URL requests reach this; bucket-key ones hit the cache first)."""
+        if job.status != SUCCEEDED or not job.result or self._pending_targets(job):
+            return False
+        return self.store.head(self.settings.bucket_output, job.result["output_key"]) is not None
+
+    @staticmethod
+    def _pending_targets(job: Job) -> list[tuple[str, str]]:
+        """(kind, target) pairs not yet notified of this run's outcome."""
+        targets = [("email", t) for t in sorted(job.emails)] + [("webhook", t) for t in sorted(job.webhooks)]
+        return [(k, t) for k, t in targets if notify_marker(job.run, job.status, k, t) not in job.notified]
 
     # -- cache ------------------------------------------------------------------------------------
     def cached_result(self, key: str, options: Options) -> dict | None:
@@ -381,13 +402,16 @@ class StitchService:
         """Tell every target about this run's outcome, each at most once (conditional markers)."""
         if not job.finished or not (job.emails or job.webhooks):
             return
+        pending = self._pending_targets(job)
+        if not pending:
+            return
         view = self.job_view(job)
-        for email in sorted(job.emails):
-            if self.jobs.mark_notified(job.job_id, notify_marker(job.run, job.status, "email", email)):
-                self.notifier.email(email, view)
-        for url in sorted(job.webhooks):
-            if self.jobs.mark_notified(job.job_id, notify_marker(job.run, job.status, "webhook", url)):
-                self.notifier.webhook(url, view)
+        for kind, target in pending:
+            if self.jobs.mark_notified(job.job_id, notify_marker(job.run, job.status, kind, target)):
+                if kind == "email":
+                    self.notifier.email(target, view)
+                else:
+                    self.notifier.webhook(target, view)
 
     # -- GET /jobs/{id} ------------------------------------------------------------------------------
     def job_view(self, job: Job) -> dict:

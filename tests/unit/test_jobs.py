@@ -110,10 +110,12 @@ def test_finish_success_stores_result_and_full_progress(store):
 
 def test_requeue_starts_a_new_run_once(store):
     store.create(JOB, {})
+    store.add_targets(JOB, ["old@example.com"], ["https://hook.example.com/"])
     job = store.claim(JOB, 60)
     done = store.finish(job, FAILED, error={"message": "x"})
     again = store.requeue(done)
     assert again.status == QUEUED and again.run == 2 and again.error is None
+    assert again.emails == set() and again.webhooks == set()  # the old run's targets were told
     assert store.requeue(done) is None  # a concurrent requeue of the same finished state loses
 
 

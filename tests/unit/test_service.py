@@ -185,12 +185,13 @@ def test_permanent_failure_fails_the_job_at_once_and_notifies_the_reason(env):
 
 def test_resubmitting_a_failed_job_runs_it_again(env):
     env.put_bytes("bad.mp3", b"\x00" * 2000)
-    _, body = env.service.submit({"message_parts": ["bad.mp3"], "async": True})
+    _, body = env.service.submit({"message_parts": ["bad.mp3"], "async": True, "notify_email": "a@example.com"})
     assert env.service.run_job(body["job_id"]) == "failed"
-    _, again = env.service.submit({"message_parts": ["bad.mp3"], "async": True})
+    _, again = env.service.submit({"message_parts": ["bad.mp3"], "async": True, "notify_email": "b@example.com"})
     assert again["job_id"] == body["job_id"]
     job = env.service.jobs.get(body["job_id"])
     assert job.status == QUEUED and job.run == 2 and job.error is None
+    assert job.emails == {"b@example.com"}  # a@ was told about run 1 already
     dedup = sorted(m["Attributes"]["MessageDeduplicationId"] for m in env.messages())
     assert dedup == [body["job_id"], f"{body['job_id']}-2"]
 
@@ -284,7 +285,7 @@ def test_url_parts_always_go_to_the_queue_and_the_worker_fetches_them(tmp_path):
         e.put_tone("a.mp3", 1.0)
         srv.add_file("/talk.mp3", make_tone(tmp_path / "talk.mp3", 1.5, freq=330).read_bytes())
         request = {"message_parts": ["a.mp3", {"url": srv.url("/talk.mp3"), "end_s": 1.0}]}
-        status, body = e.service.submit(request)
+        status, body = e.service.submit({**request, "notify_email": "first@example.com"})
         assert status == 202  # even though it is small and not async
         assert e.service.run_job(body["job_id"]) == "succeeded"
         result = e.service.job_status(body["job_id"])["result"]
@@ -294,6 +295,21 @@ def test_url_parts_always_go_to_the_queue_and_the_worker_fetches_them(tmp_path):
         assert decoded_duration(e.download_output(f"cache/{result['cache_key']}.mp3", "u.mp3")) == pytest.approx(
             2.0, abs=0.1)
         assert e.work_dir_entries() == []
+        assert srv.hits("/talk.mp3") >= 1
+        messages = len(e.messages())
+
+        # Asked again: the finished job answers; nothing is queued or fetched.
+        status, again = e.service.submit(request)
+        assert (status, again["job_id"], again["status"]) == (202, body["job_id"], "succeeded")
+        assert len(e.messages()) == messages
+
+        # Asked again by someone new who wants an e-mail: a new run (served from the cache) tells only them.
+        _, third = e.service.submit({**request, "notify_email": "second@example.com"})
+        assert third["status"] == "queued" and e.service.jobs.get(body["job_id"]).run == 2
+        assert e.service.run_job(body["job_id"]) == "succeeded"
+        assert e.service.job_status(body["job_id"])["result"]["cached"] is True
+        assert sorted(m.destinations["ToAddresses"][0] for m in e.sent_emails()) == [
+            "first@example.com", "second@example.com"]
 
 
 def test_unreachable_url_part_fails_the_job_naming_the_part(tmp_path):
