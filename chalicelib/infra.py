@@ -104,6 +104,7 @@ PUBLIC_ACCESS_BLOCK = {
     "BlockPublicPolicy": True,
     "RestrictPublicBuckets": True,
 }
+OWNERSHIP_RULES = [{"ObjectOwnership": "BucketOwnerEnforced"}]
 ENCRYPTION_RULES = [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
 
 
@@ -187,6 +188,8 @@ def ensure_bucket(s3, spec: BucketSpec, region: str) -> str:
         except ClientError as create_exc:
             if _error_code(create_exc) != "BucketAlreadyOwnedByYou":
                 raise ProvisionError(f"cannot create bucket {spec.name!r}: {create_exc}") from create_exc
+    # ACLs off: objects belong to the bucket owner whoever writes them (presigned PUTs included).
+    s3.put_bucket_ownership_controls(Bucket=spec.name, OwnershipControls={"Rules": OWNERSHIP_RULES})
     s3.put_public_access_block(Bucket=spec.name, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
     s3.put_bucket_encryption(
         Bucket=spec.name, ServerSideEncryptionConfiguration={"Rules": ENCRYPTION_RULES}
@@ -332,7 +335,7 @@ def cloudformation_template(settings: Settings, *, log_retention: bool = False, 
                         for rule in ENCRYPTION_RULES
                     ]
                 },
-                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+                "OwnershipControls": {"Rules": OWNERSHIP_RULES},
                 "LifecycleConfiguration": {"Rules": _cfn_lifecycle(spec)},
             },
         }
@@ -559,11 +562,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region")
     parser.add_argument("--config", default=str(CONFIG_PATH))
     args = parser.parse_args(argv)
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
     try:
         settings = stage_settings(args.stage, args.config, _region(args.region))
         out = ensure_resources(settings, endpoint_url=args.endpoint_url)
     except ProvisionError as exc:
         print(f"provision: {exc}", file=sys.stderr)
+        return 1
+    except NoCredentialsError:
+        print("provision: no AWS credentials: `aws configure`, AWS_PROFILE, or AWS_ACCESS_KEY_ID/"
+              "AWS_SECRET_ACCESS_KEY", file=sys.stderr)
+        return 1
+    except (ClientError, BotoCoreError) as exc:
+        print(f"provision: AWS refused: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0

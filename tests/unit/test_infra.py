@@ -52,6 +52,8 @@ def test_buckets_are_private_encrypted_unversioned_with_lifecycle(aws, settings)
         enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
         assert enc["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
         assert s3.get_bucket_versioning(Bucket=bucket).get("Status") is None
+        owner = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+        assert owner == [{"ObjectOwnership": "BucketOwnerEnforced"}]
         abort = _rules(s3, bucket)["abort-incomplete-multipart-uploads"]
         assert abort["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
 
@@ -174,3 +176,17 @@ def test_provision_without_region_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     assert infra.main(["--stage", "prod"]) == 1
     assert "no AWS region" in capsys.readouterr().err
+
+
+def test_provision_without_credentials_says_so(monkeypatch, tmp_path, capsys):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    # Nothing listens here: the credential lookup must fail before any request is attempted.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for var in ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    assert infra.main(["--stage", "prod", "--region", REGION, "--endpoint-url", "http://127.0.0.1:9"]) == 1
+    assert "no AWS credentials" in capsys.readouterr().err
