@@ -386,12 +386,15 @@ class StitchService:
             hit = self.cached_result(key, spec.options)
             if hit is not None:
                 return {**hit, "cached": True}
-            progress = ProgressReporter(self.jobs, job)
+            # Fetching is the first tenth of the progress bar, the engine the rest.
+            fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1)
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
-            for p in url_parts:
+            for n, p in enumerate(url_parts, 1):
                 fetched = self.sources.fetch_url(p.url, index=p.index, workdir=workdir, settings=s,
                                                  s3_client=self.store.s3)
                 paths[p.index] = Path(fetched.path)
+                fetching(n / len(url_parts))
+            progress = ProgressReporter(self.jobs, job)
             progress(0.0)
             return {**self._render(key, spec, paths, workdir, progress), "cached": False}
         finally:
@@ -447,9 +450,6 @@ class StitchService:
         key = f"{s.uploads_prefix}{uuid.uuid4().hex}/{name}"
         url, expires_at = self.store.presign_put(s.bucket_input, key, s.presign_ttl_seconds)
         return {"key": key, "upload_url": url, "method": "PUT", "expires_at": expires_at}
-
-    def health(self) -> dict:
-        return {"status": "ok", "engine_version": ENGINE_VERSION, "stage": self.settings.stage}
 
 
 def build_service(settings: Settings | None = None, **overrides) -> StitchService:
