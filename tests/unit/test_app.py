@@ -187,3 +187,24 @@ def test_transient_errors_are_503_with_retry_after(env):
     app_module.set_service(env.service)
     r = post(env.client, "/stitch", {"message_parts": ["a.mp3"], "async": True})
     assert r.status_code == 202 and len(env.messages()) == 1
+
+
+def test_one_log_line_per_request_and_per_job(env, caplog):
+    import logging
+
+    app_module.log.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO)
+    try:
+        env.put_tone("a.mp3", 0.5)
+        post(env.client, "/stitch", {"message_parts": ["a.mp3", "nope.mp3"]})
+        job_id = post(env.client, "/stitch", {"message_parts": ["a.mp3"], "async": True}).json_body["job_id"]
+        env.client.lambda_.invoke("process_job", sqs_event(env.client, {"job_id": job_id}))
+    finally:
+        app_module.log.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.name in (app_module.log.name, "chalicelib.service")]
+    requests = [m for m in lines if m.startswith("POST /stitch")]
+    assert len(requests) == 2
+    assert " 400 " in requests[0] and "error=part_not_found" in requests[0]
+    assert " 202 " in requests[1] and job_id in requests[1]
+    jobs = [m for m in lines if m.startswith(f"job={job_id}")]
+    assert len(jobs) == 1 and "outcome=succeeded" in jobs[0] and "attempt=1" in jobs[0]
