@@ -5,6 +5,7 @@ Loopback is allowed by the test setting; every socket connect is recorded and mu
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -200,7 +201,7 @@ def test_server_error_is_transient(server, tmp_path, settings, s3, connects):
 
 @pytest.mark.parametrize("path", ["/a.mp3", "/chunked.mp3"])
 def test_over_the_size_cap(server, tmp_path, settings, s3, connects, path):
-    small = Settings(**{**settings.__dict__, "max_source_bytes": 5000})
+    small = dataclasses.replace(settings, max_source_bytes=5000)
     err = failed(SourceRefused, server.url(path), tmp_path, small, s3)
     assert err.message.endswith("file is larger than the 5000 byte limit")
 
@@ -261,7 +262,7 @@ def test_cached_source_over_todays_limits_is_refused(server, tmp_path, settings,
     url = server.url("/a.mp3")
     key = f"sources/generic/{generic_id(url)}.mp3"
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 6000, Metadata={"duration": "1.0"})
-    small = Settings(**{**settings.__dict__, "max_source_bytes": 5000})
+    small = dataclasses.replace(settings, max_source_bytes=5000)
     with pytest.raises(SourceRefused, match="larger than the 5000 byte limit"):
         fetch(url, tmp_path, small, s3)
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 100, Metadata={"duration": "3600.0"})
@@ -271,7 +272,7 @@ def test_cached_source_over_todays_limits_is_refused(server, tmp_path, settings,
 
 
 def test_an_unusable_cache_does_not_fail_the_fetch(server, tmp_path, settings, s3, connects, tones):
-    no_bucket = Settings(**{**settings.__dict__, "bucket_input": "no-such-bucket"})
+    no_bucket = dataclasses.replace(settings, bucket_input="no-such-bucket")
     got = fetch(server.url("/a.mp3"), tmp_path, no_bucket, s3)
     assert got.cached is False and got.path.read_bytes() == tones["short"]
     assert cache_keys(s3) == []
