@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,10 +100,25 @@ def _chalice_env() -> dict:
     return env
 
 
-def _chalice(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    cmd = [str(VENV_BIN / "chalice"), "--project-dir", str(ROOT), *args]
-    print("+ " + " ".join(cmd[0:1] + list(args)), flush=True)
-    return subprocess.run(cmd, env=_chalice_env(), text=True, capture_output=capture, cwd=ROOT)
+def _chalice(*args: str, capture: bool = False, project_dir: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "chalice"), "--project-dir", str(project_dir), *args]
+    print("+ chalice " + " ".join(args), flush=True)
+    return subprocess.run(cmd, env=_chalice_env(), text=True, capture_output=capture, cwd=project_dir)
+
+
+def _staged_project(dest: Path) -> Path:
+    """What Chalice packages (app.py, chalicelib/, vendor/, requirements.txt, .chalice/*.json),
+    copied to ``dest``. Packaging there keeps Chalice's ~60 MB per-build cache out of the shared
+    tree and lets concurrent runs (two test sessions, CI matrix) not race on it."""
+    shutil.copy2(ROOT / "app.py", dest / "app.py")
+    shutil.copy2(ROOT / "requirements.txt", dest / "requirements.txt")
+    shutil.copytree(ROOT / "chalicelib", dest / "chalicelib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / ".chalice").mkdir()
+    for path in CHALICE_DIR.glob("*.json"):
+        shutil.copy2(path, dest / ".chalice" / path.name)
+    # Chalice follows links in vendor/ and zips the target with its mode bits: no 80 MB copy.
+    (dest / "vendor").symlink_to(ROOT / "vendor", target_is_directory=True)
+    return dest
 
 
 def package(stage: str, out: Path) -> Path:
@@ -112,26 +128,19 @@ def package(stage: str, out: Path) -> Path:
     if not (ROOT / "vendor" / "bin" / "ffmpeg").exists():
         raise CheckFailed("package: vendor/bin/ffmpeg missing; run `make vendor`")
     out = Path(out).resolve()
-    proc = _chalice("package", "--stage", stage, "--merge-template", str(resources_path(stage)), str(out),
-                    capture=True)
+    with tempfile.TemporaryDirectory(prefix="audio-stitch-package-") as tmp:
+        project = _staged_project(Path(tmp))
+        proc = _chalice("package", "--stage", stage, "--merge-template",
+                        str(project / ".chalice" / f"resources-{stage}.json"), str(out),
+                        capture=True, project_dir=project)
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     # Chalice only warns (and carries on) when a dependency has no Lambda-compatible wheel.
     if proc.returncode != 0 or "Could not install dependencies" in proc.stdout + proc.stderr:
         raise CheckFailed(f"package: chalice package failed ({proc.returncode})")
-    _prune_chalice_cache()
     template = out / "sam.json"
-    print(f"package: {template.relative_to(ROOT) if template.is_relative_to(ROOT) else template}, "
-          f"{out / 'deployment.zip'}")
+    print(f"package: {template} and {out / 'deployment.zip'}")
     return template
-
-
-def _prune_chalice_cache(keep: int = 2) -> None:
-    """Chalice keys its cached ~60 MB zip on the app's source too, so every edit leaves another
-    one in .chalice/deployments; keep only the newest few."""
-    cached = sorted((CHALICE_DIR / "deployments").glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in cached[keep:]:
-        old.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

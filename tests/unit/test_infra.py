@@ -190,3 +190,10 @@ def test_provision_without_credentials_says_so(monkeypatch, tmp_path, capsys):
         monkeypatch.delenv(var, raising=False)
     assert infra.main(["--stage", "prod", "--region", REGION, "--endpoint-url", "http://127.0.0.1:9"]) == 1
     assert "no AWS credentials" in capsys.readouterr().err
+
+
+def test_jobs_store_uses_the_table_ttl_attribute():
+    # jobs.py keeps its own copy so the REST path need not import infra; they must agree.
+    from chalicelib import jobs
+
+    assert jobs.TTL_ATTRIBUTE == infra.JOB_TTL_ATTRIBUTE
