@@ -302,16 +302,20 @@ def scan(path: str | Path, head: Mp3Head | None = None) -> Mp3Scan:
     """Walk every frame of an MPEG audio file. Raises Mp3Error if it is not one, or is truncated."""
     head = head or peek(path)
     path, header, tag, pos, end_limit = head.path, head.header, head.vbr_tag, head.audio_start, head.end_limit
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         table = _size_table(header)
         offsets = array("q")
         frames = 0
         bitrates_seen = {header.bitrate_index} if tag is None else set()
         audio_start = pos
+        # One buffer for the whole walk: a fresh 1 MB bytes per read costs more in page faults
+        # than the walk itself.
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         while pos < end_limit:
             f.seek(pos)
-            buf = f.read(min(CHUNK, end_limit - pos))
-            stop = len(buf) - 3
+            got = f.readinto(view[:min(CHUNK, end_limit - pos)])
+            stop = got - 3
             i = 0
             bad = False
             # The hot loop: one table lookup per frame (about 0.2 us), no object creation; an
@@ -332,7 +336,7 @@ def scan(path: str | Path, head: Mp3Head | None = None) -> Mp3Scan:
                     frames += 1
             if bad:  # not a frame header where one should be
                 raise Mp3Error(f"not a clean MPEG stream: garbage at byte {pos + i} after {frames} frames")
-            if len(buf) < 4:  # 1-3 stray bytes after the last frame: not audio, leave them out
+            if got < 4:  # 1-3 stray bytes after the last frame: not audio, leave them out
                 break
             pos += i
         if pos > end_limit:
