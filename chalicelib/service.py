@@ -59,6 +59,11 @@ def _decode_spans(text: str) -> list[dict]:
     return spans
 
 
+def _object_identity(ident: dict, key: str) -> tuple:
+    """Which stored bytes a bucket part reads (trim and gain aside)."""
+    return ident.get("bucket"), key, ident.get("etag"), ident.get("version_id")
+
+
 class ProgressReporter:
     """Engine progress -> job record, throttled so a long job makes a few dozen writes, not thousands."""
 
@@ -121,9 +126,11 @@ class StitchService:
         s = self.settings
         spec = parse_request(body, s)
         key_parts = [p for p in spec.parts if p.key is not None]
-        infos = self.store.head_many(s.bucket_input, [p.key for p in key_parts])
+        unique = list(dict.fromkeys(p.key for p in key_parts))  # a jingle used 10 times is one HEAD
+        heads = dict(zip(unique, self.store.head_many(s.bucket_input, unique), strict=True))
         by_index = {}
-        for part, info in zip(key_parts, infos, strict=True):
+        for part in key_parts:
+            info = heads[part.key]
             if info is None:
                 raise PartNotFound(
                     f"{part_label(part.index, part.key)}: no such key in bucket {s.bucket_input}", part=part.index
@@ -139,7 +146,7 @@ class StitchService:
             hit = self.cached_result(key, spec.options)
             if hit is not None:
                 return 200, self.public_result(hit, cached=True)
-            total = sum(info.size for info in by_index.values())
+            total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
             if not spec.force_async and total <= s.inline_max_bytes:
                 return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
         return 202, self._enqueue(key, spec, identities)
@@ -263,11 +270,17 @@ class StitchService:
                     raise TransientError(message + "; retry", part=part.index) from None
                 raise PartNotFound(message + "; submit the request again", part=part.index) from None
 
-        keys = [p for p in spec.parts if p.key is not None]
-        if not keys:
+        # Parts reading the same object version share one download (the engine only reads them).
+        firsts: dict[tuple, object] = {}
+        for p in spec.parts:
+            if p.key is not None:
+                firsts.setdefault(_object_identity(identities[p.index], p.key), p)
+        if not firsts:
             return {}
-        with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(keys))) as pool:
-            return dict(pool.map(one, keys))
+        with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(firsts))) as pool:
+            got = dict(pool.map(one, firsts.values()))
+        return {p.index: got[firsts[_object_identity(identities[p.index], p.key)].index]
+                for p in spec.parts if p.key is not None}
 
     def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path, progress) -> dict:
         """Run the engine over local files and store the result as the cache object (one write)."""

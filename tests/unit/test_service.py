@@ -422,3 +422,28 @@ def test_progress_reporter_throttles_writes(env):
     report("garbage")
     assert writes == [pytest.approx(0.1), pytest.approx(0.525)]
     assert env.service.jobs.get(body["job_id"]).progress == pytest.approx(0.525)
+
+
+class CountingStore(Store):
+    """The real S3 adapter, counting the object reads it makes."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.heads, self.downloads = [], []
+
+    def head(self, bucket, key):
+        self.heads.append(key)
+        return super().head(bucket, key)
+
+    def download(self, bucket, key, path, **kw):
+        self.downloads.append(key)
+        return super().download(bucket, key, path, **kw)
+
+
+def test_a_part_used_many_times_is_read_once(env):
+    _ab(env, a=0.5, b=1.0)
+    env.service.store = CountingStore(env.s3)
+    _, body = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3", {"key": "a.mp3", "gain_db": -6}]})
+    assert body["duration_s"] == pytest.approx(2.5, abs=0.1) and len(body["parts"]) == 4
+    inputs = [k for k in env.service.store.heads if not k.startswith("cache/")]
+    assert sorted(inputs) == ["a.mp3", "b.mp3"] and sorted(env.service.store.downloads) == ["a.mp3", "b.mp3"]
