@@ -111,3 +111,34 @@ def test_deploy_refuses_without_region(monkeypatch, capsys):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(SystemExit, match="no AWS region"):
         deploy.deploy("prod")
+
+
+def _workflow():
+    import yaml
+
+    return yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+
+
+def test_ci_tests_every_push_and_pull_request_and_deploys_only_tags():
+    wf = _workflow()
+    on = wf[True]  # YAML 1.1 reads the key `on` as a boolean
+    assert on["push"]["tags"] == ["v*"] and "pull_request" in on
+    jobs = wf["jobs"]
+    test_runs = [step.get("run") for step in jobs["test"]["steps"]]
+    assert "make lint" in test_runs and "make test" in test_runs
+    assert jobs["package"]["if"] == "github.event_name == 'push'"
+    assert any(step.get("run") == "make package STAGE=prod" for step in jobs["package"]["steps"])
+    deploy_job = jobs["deploy"]
+    assert deploy_job["if"] == "startsWith(github.ref, 'refs/tags/v')" and deploy_job["needs"] == "package"
+    assert any(step.get("run") == "make deploy STAGE=prod" for step in deploy_job["steps"])
+    assert deploy_job["permissions"]["id-token"] == "write"
+
+
+def test_every_secret_and_variable_ci_uses_is_documented():
+    import re
+
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    used = set(re.findall(r"\$\{\{\s*(?:secrets|vars)\.([A-Z_]+)\s*\}\}", text))
+    assert {"AWS_DEPLOY_ROLE_ARN", "WEBHOOK_SECRET", "AWS_REGION", "DEPLOY_STATE_BUCKET"} <= used
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert all(f"`{name}`" in docs for name in used), used
