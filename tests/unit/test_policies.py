@@ -86,3 +86,66 @@ def test_policy_is_scoped_to_the_stage(stage):
     assert not any(a == "s3:PutObject" and r in (f"{inp}/*", f"{out}/*") for a, r in granted)
     assert ("dynamodb:UpdateItem", f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}") in granted
     assert ("sqs:SendMessage", f"arn:aws:sqs:*:*:{settings.queue_name}") in granted
+
+
+# boto3 calls of the code that runs on Lambda -> the IAM actions they need.
+CALL_ACTIONS = {
+    "head_object": {"s3:GetObject"},
+    "get_object": {"s3:GetObject"},
+    "put_object": {"s3:PutObject"},
+    # Large files go up in parts; an interrupted upload is aborted.
+    "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
+    "list_objects_v2": {"s3:ListBucket"},
+    # Presigned GET links for results, presigned PUT links for uploads.
+    "generate_presigned_url": {"s3:GetObject", "s3:PutObject"},
+    "get_item": {"dynamodb:GetItem"},
+    "put_item": {"dynamodb:PutItem"},
+    "update_item": {"dynamodb:UpdateItem"},
+    "get_queue_url": {"sqs:GetQueueUrl"},
+    "send_message": {"sqs:SendMessage"},
+    "send_email": {"ses:SendEmail"},
+}
+# Needed without a call in our code: Lambda's logging, the SQS event source mapping, S3 answering
+# 404 rather than 403 for a missing key, and GETs pinned to a VersionId.
+PLATFORM_ACTIONS = {
+    "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+    "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
+    "s3:ListBucket", "s3:GetObjectVersion",
+}
+
+
+def _aws_calls() -> dict[str, list[str]]:
+    """Client method names of s3/sqs/dynamodb/ses(v2) called in app.py and the Lambda-side
+    chalicelib modules (not the local stack, the CLI, provisioning, or the audio engine)."""
+    import re
+
+    import botocore.session
+    from botocore import xform_name
+
+    session = botocore.session.get_session()
+    operations = {"upload_file", "download_file", "upload_fileobj", "download_fileobj",
+                  "generate_presigned_url", "generate_presigned_post", "copy"}
+    for service in ("s3", "sqs", "dynamodb", "ses", "sesv2"):
+        operations |= {xform_name(op) for op in session.get_service_model(service).operation_names}
+    files = [ROOT / "app.py"] + [
+        p for p in (ROOT / "chalicelib").rglob("*.py")
+        if not p.name.startswith(("local", "infra", "cli", "__main__")) and "engine" not in p.parts
+    ]
+    calls: dict[str, list[str]] = {}
+    for path in files:
+        for m in re.finditer(r"\.([a-z0-9_]+)\(", path.read_text()):
+            if m.group(1) in operations:
+                calls.setdefault(m.group(1), []).append(str(path.relative_to(ROOT)))
+    return calls
+
+
+@pytest.mark.skipif(not (ROOT / "app.py").exists(), reason="app.py not in the tree")
+@pytest.mark.parametrize("stage", STAGES)
+def test_policy_grants_exactly_what_the_code_calls(stage):
+    calls = _aws_calls()
+    unknown = {name: where for name, where in calls.items() if name not in CALL_ACTIONS}
+    assert not unknown, f"new AWS calls {unknown}: grant them in infra.iam_policy, then map them here"
+    needed = set().union(*(CALL_ACTIONS[name] for name in calls)) | PLATFORM_ACTIONS
+    granted = {a for st in _statements(stage) for a in st["Action"]}
+    assert granted - needed == set(), "granted but never used"
+    assert needed - granted == set(), "used but not granted"
