@@ -59,6 +59,16 @@ def _decode_spans(text: str) -> list[dict]:
     return spans
 
 
+def _copy_likely(spec: StitchSpec) -> bool:
+    """Whether the engine can probably join without re-encoding (cheap enough for a large inline job).
+
+    A guess from names and options only; the engine decides for real after probing.
+    """
+    o = spec.options
+    return o.format == "mp3" and not o.needs_decode and all(
+        p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
+
+
 def _object_identity(ident: dict, key: str) -> tuple:
     """Which stored bytes a bucket part reads (trim and gain aside)."""
     return ident.get("bucket"), key, ident.get("etag"), ident.get("version_id")
@@ -147,7 +157,8 @@ class StitchService:
             if hit is not None:
                 return 200, self.public_result(hit, cached=True)
             total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
-            if not spec.force_async and total <= s.inline_max_bytes:
+            limit = s.inline_max_bytes if _copy_likely(spec) else min(s.inline_max_bytes, s.inline_encode_max_bytes)
+            if not spec.force_async and total <= limit:
                 return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
         return 202, self._enqueue(key, spec, identities)
 

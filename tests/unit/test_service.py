@@ -120,6 +120,19 @@ def test_inputs_over_the_inline_limit_are_queued(tmp_path):
         assert status == 202 and len(e.messages()) == 1
 
 
+def test_work_that_needs_a_re_encode_has_a_smaller_inline_budget(tmp_path):
+    from moto import mock_aws
+
+    with mock_aws():
+        e = make_env(tmp_path, inline_max_bytes=10_000_000, inline_encode_max_bytes=10_000)
+        _ab(e)  # ~40 KB of MP3
+        assert e.service.submit({"message_parts": ["a.mp3", "b.mp3"]})[0] == 200  # a frame-level copy
+        for variant in ({"message_parts": ["a.mp3", "b.mp3"], "gap_ms": 100},
+                        {"message_parts": ["a.mp3", {"key": "b.mp3", "end_s": 1}]},
+                        {"message_parts": ["a.mp3", "b.mp3"], "format": "wav"}):
+            assert e.service.submit(variant)[0] == 202, variant
+
+
 def test_identical_concurrent_requests_share_one_job_and_each_target_is_notified_once(env):
     _ab(env)
     n = 4
