@@ -433,6 +433,11 @@ def deploy(stage: str) -> int:
         raise CheckFailed("deploy: no AWS region; export AWS_REGION (see docs/TROUBLESHOOTING.md)")
     if render(check_only=True):
         raise CheckFailed("deploy: generated .chalice files are stale; run `python scripts/deploy.py render`")
+    sender = infra.stage_settings(stage).sender_email
+    if sender.lower().endswith(("@example.com", "@example.org", "@example.net")):
+        # SES would wait forever for a verification click nobody can make.
+        raise CheckFailed(f"deploy: SENDER_EMAIL for stage {stage} is {sender}; set an address you own in "
+                          ".chalice/config.json, then `python scripts/deploy.py render` (docs/deploy.md)")
     if infra.main(["--stage", stage]) != 0:
         return 1
     if _chalice("deploy", "--stage", stage).returncode != 0:

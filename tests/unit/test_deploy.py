@@ -142,3 +142,14 @@ def test_every_secret_and_variable_ci_uses_is_documented():
     assert {"AWS_DEPLOY_ROLE_ARN", "WEBHOOK_SECRET", "AWS_REGION", "DEPLOY_STATE_BUCKET"} <= used
     docs = (ROOT / "docs" / "deploy.md").read_text()
     assert all(f"`{name}`" in docs for name in used), used
+
+
+def test_deploy_refuses_a_placeholder_sender(monkeypatch):
+    from chalicelib.config import Settings
+
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setattr(infra, "stage_settings", lambda stage: Settings(stage=stage, sender_email="a@example.com"))
+    # Refused before anything is provisioned.
+    monkeypatch.setattr(infra, "main", lambda argv: pytest.fail("provision ran"))
+    with pytest.raises(SystemExit, match="SENDER_EMAIL for stage prod is a@example.com"):
+        deploy.deploy("prod")
