@@ -149,6 +149,7 @@ def test_deploy_refuses_a_placeholder_sender(monkeypatch):
 
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setattr(infra, "stage_settings", lambda stage: Settings(stage=stage, sender_email="a@example.com"))
+    monkeypatch.setattr(deploy, "render", lambda check_only=False: 0)
     # Refused before anything is provisioned.
     monkeypatch.setattr(infra, "main", lambda argv: pytest.fail("provision ran"))
     with pytest.raises(SystemExit, match="SENDER_EMAIL for stage prod is a@example.com"):
