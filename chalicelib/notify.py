@@ -44,6 +44,37 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def _guarded_opener(settings: Settings, resolver=None) -> urllib.request.OpenerDirector:
+    """urllib opener that connects only to addresses the SSRF guard accepts, checked after the
+    lookup it really connects to (a host that re-resolves to 127.0.0.1 after check_url is refused),
+    ignores proxy variables and follows no redirects."""
+    import http.client
+
+    from .urlguard import GuardedConnector
+
+    connector = GuardedConnector(settings, resolver=resolver)
+
+    class _HTTP(http.client.HTTPConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = connector
+
+    class _HTTPS(http.client.HTTPSConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = connector
+
+    class _HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(_HTTP, req)
+
+    class _HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(_HTTPS, req, context=self._context)
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _HTTPHandler, _HTTPSHandler, _NoRedirect)
+
+
 def _describe(job: dict) -> tuple[str, str]:
     """Subject and plain-text body of the e-mail for a finished job."""
     job_id = job.get("job_id", "")
@@ -67,13 +98,13 @@ class Notifier:
     """Sends e-mail through an SES client and webhooks through urllib (no extra dependencies)."""
 
     def __init__(self, ses_client, settings: Settings, *, sleep=time.sleep,
-                 timeout: float = WEBHOOK_TIMEOUT_S, backoff: float = BACKOFF_S):
+                 timeout: float = WEBHOOK_TIMEOUT_S, backoff: float = BACKOFF_S, resolver=None):
         self.ses = ses_client
         self.settings = settings
         self.sleep = sleep
         self.timeout = timeout
         self.backoff = backoff
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        self.resolver = resolver  # getaddrinfo-shaped; tests use it to simulate DNS answers
 
     def email(self, to: str, job: dict) -> bool:
         """One SES message from SENDER_EMAIL; True when SES accepted it."""
@@ -94,11 +125,11 @@ class Notifier:
 
     def webhook(self, url: str, job: dict) -> bool:
         """POST the signed job JSON; retry network errors, 429 and 5xx a bounded number of times."""
-        from .urlguard import check_url
+        from .urlguard import RefusedConnection, check_url
 
         try:
             # Checked again here, not only at request time: DNS may have changed since.
-            check_url(url, self.settings, field="webhook_url")
+            check_url(url, self.settings, field="webhook_url", resolver=self.resolver)
         except StitchError as exc:
             log.warning("webhook job=%s refused: %s", job.get("job_id"), exc.message)
             return False
@@ -110,18 +141,21 @@ class Notifier:
         else:
             log.warning("webhook job=%s sent unsigned: WEBHOOK_SECRET is not set", job.get("job_id"))
         attempts = max(1, self.settings.webhook_attempts)
+        opener = _guarded_opener(self.settings, self.resolver)
         for attempt in range(1, attempts + 1):
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
-                with self._opener.open(request, timeout=self.timeout) as response:
+                with opener.open(request, timeout=self.timeout) as response:
                     response.read(1024)
                     return True
             except urllib.error.HTTPError as exc:
                 retry = exc.code == 429 or exc.code >= 500
                 reason = f"HTTP {exc.code}"
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                retry = True
-                reason = str(getattr(exc, "reason", exc))
+                cause = getattr(exc, "reason", exc)
+                # The guard refused the address it was about to dial: asking again won't change that.
+                retry = not isinstance(cause, RefusedConnection)
+                reason = str(cause)
             log.warning("webhook job=%s attempt %d/%d failed: %s", job.get("job_id"), attempt, attempts, reason)
             if not retry:
                 return False

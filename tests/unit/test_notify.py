@@ -97,3 +97,24 @@ def test_email_rejected_by_ses_is_reported_not_raised():
     with mock_aws():
         ses = boto3.client("ses", region_name="us-east-1")  # sender never verified: SES refuses
         assert notifier(ses=ses).email("user@example.com", JOB) is False
+
+
+def test_webhook_host_that_re_resolves_to_loopback_is_refused_at_connect_time(monkeypatch):
+    """DNS rebinding: check_url sees a public address, the connection would go to 127.0.0.1."""
+    import socket
+
+    calls = []
+    with Receiver() as rx:
+        port = rx.server.server_port
+
+        def rebinding(host, port_, *args, **kwargs):
+            calls.append(host)
+            ip = "93.184.216.34" if len(calls) == 1 else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, port))]
+
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+        settings = Settings(webhook_secret=SECRET, allowed_url_ports=(port,))
+        n = Notifier(None, settings, sleep=lambda _s: None, timeout=2.0)
+        assert n.webhook(f"http://hooks.example.com:{port}/hook", JOB) is False
+    assert rx.requests == []
+    assert calls == ["hooks.example.com"] * 2  # the check, then the guarded dial; no retries
