@@ -442,9 +442,15 @@ class StitchService:
 
     # -- GET /jobs/{id} ------------------------------------------------------------------------------
     def job_view(self, job: Job) -> dict:
+        """The job as the API shows it; a stored result comes with a fresh link, an expired one with none."""
         body = job.public()
         if job.result is not None:
-            body["result"] = self.public_result(job.result, cached=bool(job.result.get("cached", False)))
+            result = self.public_result(job.result, cached=bool(job.result.get("cached", False)))
+            # Job records outlive cached results (JOB_TTL_DAYS > CACHE_TTL_DAYS): never hand out
+            # a link to an object the lifecycle rule has already deleted.
+            if self.store.head(self.settings.bucket_output, job.result["output_key"]) is None:
+                result.update(public_url=None, expires_at=None, expired=True)
+            body["result"] = result
         return body
 
     def job_status(self, job_id: str) -> dict:

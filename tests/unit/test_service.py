@@ -460,3 +460,16 @@ def test_a_part_used_many_times_is_read_once(env):
     assert body["duration_s"] == pytest.approx(2.5, abs=0.1) and len(body["parts"]) == 4
     inputs = [k for k in env.service.store.heads if not k.startswith("cache/")]
     assert sorted(inputs) == ["a.mp3", "b.mp3"] and sorted(env.service.store.downloads) == ["a.mp3", "b.mp3"]
+
+
+def test_job_whose_result_expired_shows_no_link_and_a_resubmit_makes_it_again(env):
+    _ab(env)
+    _, body = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True})
+    env.service.run_job(body["job_id"])
+    env.s3.delete_object(Bucket=env.settings.bucket_output, Key=f"cache/{body['job_id']}.mp3")  # lifecycle
+    result = env.service.job_status(body["job_id"])["result"]
+    assert result["expired"] is True and result["public_url"] is None and result["duration_s"] > 0
+    status, again = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True})
+    assert status == 202 and env.service.jobs.get(body["job_id"]).run == 2
+    assert env.service.run_job(body["job_id"]) == "succeeded"
+    assert env.service.job_status(body["job_id"])["result"]["public_url"]
