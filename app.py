@@ -53,6 +53,10 @@ def _handle(action) -> Response:
         status, body = action()
     except StitchError as exc:
         status, body = exc.status, {"error": exc.to_dict()}
+        if status >= 500 and status != 503:
+            # An untyped failure (e.g. ffmpeg died): its details are for the log, not the client.
+            log.error("error on %s %s: %s", request.method, request.path, exc, exc_info=True)
+            body = {"error": {"code": exc.code, "message": "internal error"}}
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         status, body = 500, {"error": {"code": "internal_error", "message": "internal error"}}

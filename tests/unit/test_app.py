@@ -208,3 +208,16 @@ def test_one_log_line_per_request_and_per_job(env, caplog):
     assert " 202 " in requests[1] and job_id in requests[1]
     jobs = [m for m in lines if m.startswith(f"job={job_id}")]
     assert len(jobs) == 1 and "outcome=succeeded" in jobs[0] and "attempt=1" in jobs[0]
+
+
+def test_untyped_stitch_errors_are_500_without_details(env):
+    from chalicelib.errors import StitchError
+
+    def broken_engine(*_a, **_k):
+        raise StitchError("ffmpeg exited 1: /tmp/stitch-abc/part-000.mp3: Invalid data")
+
+    app_module.set_service(build_service(env.settings, stitch=broken_engine))
+    env.put_tone("a.mp3", 0.5)
+    r = post(env.client, "/stitch", {"message_parts": ["a.mp3"]})
+    assert r.status_code == 500 and r.json_body == {"error": {"code": "internal_error", "message": "internal error"}}
+    assert env.work_dir_entries() == []
