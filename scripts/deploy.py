@@ -27,8 +27,6 @@ from chalicelib import infra  # noqa: E402
 
 CHALICE_DIR = ROOT / ".chalice"
 VENV_BIN = Path(sys.executable).parent
-# Import names that must be inside the Lambda zip (requirements.txt minus what Lambda provides).
-RUNTIME_MODULES = ("mutagen", "yt_dlp", "pydub", "tqdm")
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 LAMBDA_DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
 PARLIAMENT_SEVERITIES_ALLOWED = {"LOW", "INFO", "MUTE"}
@@ -81,7 +79,6 @@ def render(check_only: bool = False) -> int:
     for path in stale:
         print(f"{'stale' if check_only else 'wrote'} {path.relative_to(ROOT)}")
     return 1 if (check_only and stale) else 0
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +211,11 @@ def runtime_requirements() -> dict[str, str]:
     return reqs
 
 
+def runtime_modules() -> list[str]:
+    """Import names of the runtime requirements (for ours, the normalised distribution name)."""
+    return sorted(runtime_requirements())
+
+
 def _dist_infos(names: list[str]) -> dict[str, str]:
     out = {}
     for n in names:
@@ -257,7 +259,7 @@ def check_zip(zip_path: Path) -> list[str]:
                 tags = re.findall(r"^Tag: (\S+)$", zf.read(name).decode(), re.M)
                 if not any(t.endswith("-any") or "manylinux" in t for t in tags):
                     problems.append(f"zip: {name.split('/')[0]} was built here ({tags}), not a Lambda wheel")
-        for module in RUNTIME_MODULES:
+        for module in runtime_modules():
             if not any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py" for n in infos):
                 problems.append(f"zip: import package {module} missing")
         unzipped = sum(i.file_size for i in infos.values())
@@ -316,7 +318,7 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
             if n.startswith("chalicelib/") and n.endswith(".py")
             # The local stack and the CLI never run on Lambda (they import moto, start servers).
             and not Path(n).name.startswith(("local", "__main__", "cli"))
-        ) + list(RUNTIME_MODULES)
+        ) + runtime_modules()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT", "PYTHON"))}
         env.update(infra.stage_environment(stage))
         env.setdefault("AWS_REGION", "us-east-1")
