@@ -197,3 +197,31 @@ def test_jobs_store_uses_the_table_ttl_attribute():
     from chalicelib import jobs
 
     assert jobs.TTL_ATTRIBUTE == infra.JOB_TTL_ATTRIBUTE
+
+
+def test_cloudformation_describes_what_provision_creates(aws, settings):
+    """The two renderings of the one definition agree: names, lifecycle, queue attributes, table."""
+    out = infra.ensure_resources(settings, aws)
+    res = infra.cloudformation_template(settings)["Resources"]
+    for logical_id, bucket in (("InputBucket", "in-t"), ("OutputBucket", "out-t")):
+        props = res[logical_id]["Properties"]
+        assert props["BucketName"] == bucket
+        cfn_rules = {(r["Id"], r.get("Prefix", ""), r.get("ExpirationInDays"),
+                      r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation"))
+                     for r in props["LifecycleConfiguration"]["Rules"]}
+        live = {(r["ID"], r["Filter"]["Prefix"], r.get("Expiration", {}).get("Days"),
+                 r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation"))
+                for r in aws["s3"].get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+        assert cfn_rules == live
+        assert props["PublicAccessBlockConfiguration"] == infra.PUBLIC_ACCESS_BLOCK
+    attrs = aws["sqs"].get_queue_attributes(QueueUrl=out["queue_url"], AttributeNames=["All"])["Attributes"]
+    queue = res["JobsQueue"]["Properties"]
+    assert queue["QueueName"] == "jobs-t.fifo" and queue["FifoQueue"] is True
+    assert str(queue["VisibilityTimeout"]) == attrs["VisibilityTimeout"]
+    assert str(queue["MessageRetentionPeriod"]) == attrs["MessageRetentionPeriod"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]
+    assert res["JobsDeadLetterQueue"]["Properties"]["QueueName"] == "jobs-dlq-t.fifo"
+    table = res["JobsTable"]["Properties"]
+    assert table["TableName"] == "jobs-t" and table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["TimeToLiveSpecification"] == {"AttributeName": infra.JOB_TTL_ATTRIBUTE, "Enabled": True}
+    assert res["SenderIdentity"]["Properties"]["EmailIdentity"] == "sender@example.com"
