@@ -18,6 +18,14 @@ from chalicelib.errors import StitchError
 app = Chalice(app_name="audio-stitch")
 app.log.setLevel(logging.INFO)
 log = app.log
+# The per-job line and warnings come from chalicelib's loggers. Lambda's runtime puts a handler on
+# the root logger (level WARNING), so lowering ours is enough there; elsewhere (chalice local, the
+# local worker) nothing listens on the root, so share Chalice's stdout handler.
+_lib_log = logging.getLogger("chalicelib")
+_lib_log.setLevel(logging.INFO)
+if not logging.getLogger().handlers and not _lib_log.handlers:
+    for _handler in app.log.handlers:
+        _lib_log.addHandler(_handler)
 
 _REQUIRE_API_KEY = os.environ.get("REQUIRE_API_KEY", "false") == "true"
 _service = None
