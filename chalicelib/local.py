@@ -51,6 +51,10 @@ class AlreadyRunning(Exception):
     pass
 
 
+class StartupFailed(Exception):
+    """Something the user can act on; reported without a traceback."""
+
+
 def log(line: str) -> None:
     print(f"run    | {line}", flush=True)
 
@@ -201,9 +205,12 @@ class MotoServer:
 
 def create_resources(settings, moto_url: str) -> dict:
     """Buckets, queues, table, sender identity: the definitions `provision` uses on AWS."""
-    from chalicelib.infra import ensure_resources
+    from chalicelib.infra import ProvisionError, ensure_resources
 
-    return ensure_resources(settings, endpoint_url=moto_url)
+    try:
+        return ensure_resources(settings, endpoint_url=moto_url)
+    except ProvisionError as exc:  # a bad name or setting in the stage's config: say which
+        raise StartupFailed(f"cannot create the stage's resources: {exc}") from None
 
 
 def seed_samples(s3, bucket: str) -> list[str]:
@@ -271,13 +278,13 @@ def wait_ready(children: dict[str, subprocess.Popen], port_file: Path, ready_fil
     while time.monotonic() < deadline:
         for name, proc in children.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {proc.returncode} while starting (see its output above)")
+                raise StartupFailed(f"{name} exited with status {proc.returncode} while starting (see its output above)")
         if api_port is None and port_file.is_file() and port_file.read_text().strip():
             api_port = int(port_file.read_text())
         if api_port and all(f.is_file() for f in ready_files) and http_answers(f"http://{HOST}:{api_port}/health"):
             return api_port
         time.sleep(0.1)
-    raise RuntimeError(f"the stack was not ready after {timeout:.0f}s")
+    raise StartupFailed(f"the stack was not ready after {timeout:.0f}s")
 
 
 def banner(state: RunState, settings) -> str:
@@ -344,6 +351,86 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class LocalStack:
+    """moto in this process, the API and the workers as child process groups."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.state_dir: Path = args.state_dir
+        self.children: dict[str, subprocess.Popen] = {}
+        self.moto: MotoServer | None = None
+        self.state = RunState(pid=os.getpid(), stage=args.stage)
+        self.settings = None
+
+    def _files(self) -> list[Path]:
+        return [*self.state_dir.glob("worker-*.ready"), self.state_dir / "run.json", self.state_dir / "api.port"]
+
+    def start(self) -> None:
+        """Everything up to READY; raises StartupFailed (or anything unexpected) on the way."""
+        args, state = self.args, self.state
+        for stale in self._files():
+            stale.unlink(missing_ok=True)
+        state.write(self.state_dir)
+        self.moto = MotoServer(HOST, args.moto_port)
+        state.moto_url = self.moto.url
+        log(f"moto listening on {self.moto.url}")
+        env = child_environment(args.stage, self.moto.url)
+        env["LOCAL_RUN_PARENT_PID"] = str(os.getpid())
+        # This process makes AWS calls too (resources, seeding): same dummy credentials + endpoint.
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(key, None)
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                                                "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+                                                "AWS_EC2_METADATA_DISABLED")})
+
+        import boto3
+
+        from chalicelib.config import Settings
+
+        self.settings = settings = Settings.from_env(env)
+        resources = create_resources(settings, self.moto.url)
+        state.queue_url = resources.get("queue_url") or boto3.client("sqs").get_queue_url(
+            QueueName=settings.queue_name)["QueueUrl"]
+        state.webhook_secret = env["WEBHOOK_SECRET"]
+        log(f"stage {args.stage}: buckets {settings.bucket_input}, {settings.bucket_output}; queue "
+            f"{settings.queue_name} (DLQ {settings.dlq_name}); table {settings.jobs_table}; "
+            f"sender {settings.sender_email} {resources.get('sender_status', '')}".rstrip())
+        if not args.no_seed:
+            state.samples = seed_samples(boto3.client("s3"), settings.bucket_input)
+            log(f"seeded s3://{settings.bucket_input}/: {' '.join(state.samples)}")
+
+        port_file = self.state_dir / "api.port"
+        ready_files = [self.state_dir / f"worker-{i}.ready" for i in range(1, args.workers + 1)]
+        for i, ready_file in enumerate(ready_files, 1):
+            # One process per concurrent job, as Lambda runs one event per instance.
+            self.children[f"worker-{i}" if args.workers > 1 else "worker"] = spawn(
+                ["-m", "chalicelib.localworker", "--queue-url", state.queue_url, "--ready-file", str(ready_file)],
+                env)
+        self.children["api"] = spawn(["-m", "chalicelib.localapi", "--host", HOST, "--port", str(args.port),
+                                      "--stage", args.stage, "--port-file", str(port_file)], env)
+        state.children = {name: proc.pid for name, proc in self.children.items()}
+        state.write(self.state_dir)
+        api_port = wait_ready(self.children, port_file, ready_files, args.ready_timeout)
+        state.api_url = f"http://{HOST}:{api_port}"
+        state.ready = True
+        state.write(self.state_dir)
+
+    def supervise(self) -> None:
+        """Block until a child exits (an error: it should run until we stop it)."""
+        while True:
+            for name, proc in self.children.items():
+                if proc.poll() is not None:
+                    raise StartupFailed(f"{name} exited unexpectedly with status {proc.returncode}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        stop_children(self.children)
+        if self.moto is not None:
+            self.moto.stop()
+        for leftover in self._files():
+            leftover.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the local stack until Ctrl-C/SIGTERM; 0 on a clean stop, 1 if it could not start or a child died."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -369,72 +456,22 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum, frame):
         raise Stop()
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
     # A shell starting us in the background sets SIGINT to "ignore" and Python keeps that;
     # `kill -INT` (and Ctrl-C after `fg`) must still stop the stack.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    children: dict[str, subprocess.Popen] = {}
-    moto = None
-    state = RunState(pid=os.getpid(), stage=args.stage)
+    stack = LocalStack(args)
     status = 0
     try:
-        for stale in [*args.state_dir.glob("worker-*.ready"), *(args.state_dir / n for n in ("run.json", "api.port"))]:
-            stale.unlink(missing_ok=True)
-        state.write(args.state_dir)
-        moto = MotoServer(HOST, args.moto_port)
-        state.moto_url = moto.url
-        env = child_environment(args.stage, moto.url)
-        env["LOCAL_RUN_PARENT_PID"] = str(os.getpid())
-        # This process makes AWS calls too (resources, seeding): same dummy credentials + endpoint.
-        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                                                "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-                                                "AWS_EC2_METADATA_DISABLED")})
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(key, None)
-        log(f"moto listening on {moto.url}")
-
-        from chalicelib.config import Settings
-
-        settings = Settings.from_env(env)
-        resources = create_resources(settings, moto.url)
-        import boto3
-
-        state.queue_url = resources.get("queue_url") or boto3.client("sqs").get_queue_url(
-            QueueName=settings.queue_name)["QueueUrl"]
-        state.webhook_secret = env["WEBHOOK_SECRET"]
-        log(f"stage {args.stage}: buckets {settings.bucket_input}, {settings.bucket_output}; queue "
-            f"{settings.queue_name} (DLQ {settings.dlq_name}); table {settings.jobs_table}; "
-            f"sender {settings.sender_email} {resources.get('sender_status', '')}".rstrip())
-        if not args.no_seed:
-            state.samples = seed_samples(boto3.client("s3"), settings.bucket_input)
-            log(f"seeded s3://{settings.bucket_input}/: {' '.join(state.samples)}")
-
-        port_file = args.state_dir / "api.port"
-        ready_files = [args.state_dir / f"worker-{i}.ready" for i in range(1, args.workers + 1)]
-        for i, ready_file in enumerate(ready_files, 1):
-            # One process per concurrent job, like Lambda instances; FIFO groups keep a job's
-            # messages in order whatever their number.
-            children[f"worker-{i}" if args.workers > 1 else "worker"] = spawn(
-                ["-m", "chalicelib.localworker", "--queue-url", state.queue_url, "--ready-file", str(ready_file)],
-                env)
-        children["api"] = spawn(["-m", "chalicelib.localapi", "--host", HOST, "--port", str(args.port),
-                                 "--stage", args.stage, "--port-file", str(port_file)], env)
-        state.children = {name: proc.pid for name, proc in children.items()}
-        state.write(args.state_dir)
-        api_port = wait_ready(children, port_file, ready_files, args.ready_timeout)
-        state.api_url = f"http://{HOST}:{api_port}"
-        state.ready = True
-        state.write(args.state_dir)
-        print(banner(state, settings), flush=True)
-        print(f"READY api={state.api_url} moto={state.moto_url}", flush=True)
-
-        while True:
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited unexpectedly with status {proc.returncode}")
-            time.sleep(0.5)
+        stack.start()
+        print(banner(stack.state, stack.settings), flush=True)
+        print(f"READY api={stack.state.api_url} moto={stack.state.moto_url}", flush=True)
+        stack.supervise()
     except (KeyboardInterrupt, Stop):
         log("stopping")
+    except StartupFailed as exc:
+        log(f"FAILED: {exc}")
+        status = 1
     except Exception as exc:
         traceback.print_exc()
         log(f"FAILED: {type(exc).__name__}: {exc}")
@@ -443,13 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C or SIGTERM must not cut the cleanup short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        stop_children(children)
-        if moto is not None:
-            moto.stop()
-        for leftover in [*args.state_dir.glob("worker-*.ready"), *(args.state_dir / n for n in ("run.json", "api.port"))]:
-            leftover.unlink(missing_ok=True)
+        stack.stop()
         lock.close()
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
         log("stopped; nothing left listening")
     return status

@@ -40,22 +40,35 @@ def test_second_run_on_the_same_ports_names_the_busy_port(stack, tmp_path):
     assert http("GET", f"{stack.api}/health").status == 200
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_stop_signal_ends_every_child_and_frees_every_port(tmp_path, sig):
+@pytest.mark.parametrize("how, status", [("ctrl-c", 0), ("sigterm", 0), ("worker-killed", 1)])
+def test_every_way_of_ending_stops_every_child_and_frees_every_port(tmp_path, how, status):
     own = start_stack(tmp_path, "--no-seed")
     state = own.run_state()
     ports = [int(own.api.rsplit(":", 1)[1]), int(own.moto.rsplit(":", 1)[1])]
     assert all(port_in_use(p) for p in ports)
     assert state["samples"] == []
 
-    assert stop_stack(own, sig) == 0
+    if how == "worker-killed":
+        os.kill(state["children"]["worker"], signal.SIGKILL)
+        assert own.proc.wait(timeout=60) == status
+        assert f"worker exited unexpectedly with status -{int(signal.SIGKILL)}" in own.log()
+    else:
+        assert stop_stack(own, signal.SIGINT if how == "ctrl-c" else signal.SIGTERM) == status
 
     assert not any(port_in_use(p) for p in ports)
     for pid in state["children"].values():
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert _gone(pid)
     assert not (own.state_dir / "run.json").exists()
     assert "stopped; nothing left listening" in own.log()
+
+
+def test_a_resource_error_fails_the_start_clearly(tmp_path):
+    result = _run("--port", "0", "--moto-port", "0", "--no-seed", "--state-dir", str(tmp_path / "state"),
+                  env=stack_env(tmp_path, QUEUE_NAME="not-a-fifo-queue"))
+    assert result.returncode == 1
+    assert "FAILED: cannot create the stage's resources" in result.stdout and "not-a-fifo-queue" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "state" / "run.json").exists()
 
 
 def _gone(pid: int) -> bool:
