@@ -1,8 +1,8 @@
 """S3 adapter against moto: head/404, pinned downloads, single-object uploads, presigned links."""
 from __future__ import annotations
 
+import calendar
 import os
-import time
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -105,7 +105,7 @@ def test_json_sidecar_round_trip(s3):
 
 def test_parse_expiration_header():
     header = 'expiry-date="Fri, 23 Dec 2012 00:00:00 GMT", rule-id="expire-cache"'
-    assert parse_expiration(header) == time.mktime((2012, 12, 23, 0, 0, 0, 0, 0, 0)) - time.timezone
+    assert parse_expiration(header) == calendar.timegm((2012, 12, 23, 0, 0, 0))
     assert parse_expiration(None) is None and parse_expiration('rule-id="x"') is None
 
 
