@@ -473,3 +473,13 @@ def test_job_whose_result_expired_shows_no_link_and_a_resubmit_makes_it_again(en
     assert status == 202 and env.service.jobs.get(body["job_id"]).run == 2
     assert env.service.run_job(body["job_id"]) == "succeeded"
     assert env.service.job_status(body["job_id"])["result"]["public_url"]
+
+
+def test_a_cache_hit_builds_only_the_s3_client(env):
+    _ab(env)
+    env.service.submit({"message_parts": ["a.mp3"]})
+    fresh = build_service(env.settings)  # a cold API container
+    status, body = fresh.submit({"message_parts": ["a.mp3"]})
+    assert status == 200 and body["cached"] is True
+    assert fresh.store.s3._client is not None
+    assert (fresh.jobs.db._client, fresh.queue.sqs._client, fresh.notifier.ses._client) == (None, None, None)
