@@ -211,3 +211,20 @@ def test_failed_encode_leaves_existing_output_untouched(clips, bad, tmp_path):
         stitch([PartInput(clips["wav"]), PartInput(bad / "b.txt")], out, Options.from_dict({"gap_ms": 10}))
     assert out.read_bytes() == b"previous result"
     assert leftovers(tmp_path, {"keep.mp3"}) == []
+
+
+def test_part_ffmpeg_cannot_decode_is_blamed(clips, tmp_path):
+    """A header mutagen accepts (WAVE, unknown codec tag) but no decoder exists for: the failed
+    encode is traced back to the part."""
+    import struct
+
+    data = bytes(range(256)) * 64
+    fmt = struct.pack("<HHIIHH", 0x1234, 1, 8000, 16000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    out = tmp_path / "o.mp3"
+    with pytest.raises(UnsupportedAudio) as exc:
+        stitch([PartInput(clips["wav"]), PartInput(odd)], out, Options())
+    assert exc.value.part == 1 and exc.value.message.startswith("part 1 (odd.wav):")
+    assert leftovers(tmp_path, {"odd.wav"}) == []

@@ -190,3 +190,13 @@ def test_stray_bytes_after_last_frame_are_left_out(tones, tmp_path):
     assert joined.frames == sum(s.frames for s in expected)
     assert out.stat().st_size == joined.end == joined.vbr_tag.bytes
     check_header_matches_decode(out, [tones["a"], tones["b"], tones["a"]])
+
+
+@pytest.mark.parametrize("name", ["c", "va", "m22", "m8a", "tagged", "mono"])
+def test_constant_bitrate_fast_path_agrees_with_frame_walk(tones, monkeypatch, name):
+    fast = mp3.scan(tones[name])
+    monkeypatch.setattr(mp3, "_run_pattern", lambda _header: (None, 0))
+    slow = mp3.scan(tones[name])
+    assert (fast.frames, fast.start, fast.end, fast.variable_bitrate) == (
+        slow.frames, slow.start, slow.end, slow.variable_bitrate)
+    assert list(fast.offsets) == list(slow.offsets)
