@@ -174,3 +174,15 @@ def _emails_to(stack, address: str) -> list[dict]:
     """E-mails moto's SES accepted for ``address``, read from its model dump."""
     messages = http("GET", f"{stack.moto}/moto-api/data.json").json()["ses"]["Message"]
     return [m for m in messages if address in m["destinations"].get("ToAddresses", [])]
+
+
+def test_one_log_line_per_request(stack):
+    before = len(stack.log())
+    assert http("GET", f"{stack.api}/health?probe=log").status == 200
+    assert http("POST", f"{stack.api}/no-such-route", {}).status == 403  # API Gateway's answer, as on AWS
+    deadline = time.monotonic() + 10
+    while "/no-such-route" not in stack.log()[before:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = stack.log()[before:].splitlines()
+    assert len([line for line in lines if "GET /health" in line]) == 1  # app.py's line, not doubled
+    assert len([line for line in lines if "POST /no-such-route" in line and " 403" in line]) == 1
