@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sqs = boto3.client("sqs", region_name=settings.aws_region)
     poller = Poller(sqs, args.queue_url, handler, batch_size=config.batch_size,
-                    function_name=config.name, timeout_seconds=settings.worker_timeout_seconds,
+                    # The name `chalice deploy` gives the function, e.g. audio-stitch-dev-process_job.
+                    function_name=f"{app_module.app.app_name}-{settings.stage}-{config.name}",
+                    timeout_seconds=settings.worker_timeout_seconds,
                     region=settings.aws_region)
     if config.queue and config.queue != queue_name:
         log(f"note: app.py binds {config.name} to queue {config.queue!r}; polling {queue_name!r}")
