@@ -89,9 +89,13 @@ def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = N
         if key not in base or (key == "WEBHOOK_SECRET" and not base[key]):
             env[key] = value
     region = base.get("AWS_REGION") or base.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE",
-                "AWS_SHARED_CREDENTIALS_FILE"):
-        env.pop(key, None)
+    for key in list(env):
+        # Per-service endpoints (AWS_ENDPOINT_URL_S3) and the switch that ignores endpoint
+        # variables would send some calls past moto.
+        if key.startswith("AWS_ENDPOINT_URL_") or key in (
+                "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+            del env[key]
     env.update({
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -99,6 +103,9 @@ def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = N
         "AWS_DEFAULT_REGION": region,
         "AWS_ENDPOINT_URL": moto_url,
         "AWS_EC2_METADATA_DISABLED": "true",  # no 1 s IMDS probe per boto3 session
+        # ~/.aws/config may set endpoints, or ignore_configured_endpoint_urls: none of it applies.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "PYTHONUNBUFFERED": "1",
     })
     # Let `python -m chalicelib.localworker` resolve from any cwd.
@@ -377,11 +384,12 @@ class LocalStack:
         env = child_environment(args.stage, self.moto.url)
         env["LOCAL_RUN_PARENT_PID"] = str(os.getpid())
         # This process makes AWS calls too (resources, seeding): same dummy credentials + endpoint.
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(key, None)
+        for key in [k for k in os.environ if k.startswith("AWS_") and k not in env]:
+            del os.environ[key]
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
                                                 "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-                                                "AWS_EC2_METADATA_DISABLED")})
+                                                "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE",
+                                                "AWS_SHARED_CREDENTIALS_FILE")})
 
         import boto3
 

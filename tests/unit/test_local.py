@@ -41,7 +41,8 @@ def test_stage_environment_merges_top_level_then_stage(project):
 
 def test_child_environment_precedence_and_forced_aws(project):
     base = {"PATH": "/bin", "WORK_DIR": "/mine", "AWS_PROFILE": "prod-admin",
-            "AWS_ACCESS_KEY_ID": "AKIAREAL", "AWS_SESSION_TOKEN": "tok", "WEBHOOK_SECRET": ""}
+            "AWS_ACCESS_KEY_ID": "AKIAREAL", "AWS_SESSION_TOKEN": "tok", "WEBHOOK_SECRET": "",
+            "AWS_ENDPOINT_URL_S3": "https://s3.amazonaws.com", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
     env = local.child_environment("dev", "http://127.0.0.1:4999", base, project)
     assert env["BUCKET_INPUT"] == "in-dev"           # stage config
     assert env["WORK_DIR"] == "/mine"                # what the caller exported wins
@@ -49,8 +50,9 @@ def test_child_environment_precedence_and_forced_aws(project):
     assert len(env["WEBHOOK_SECRET"]) == 32          # generated: empty counts as unset
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4999"
     assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_SECRET_ACCESS_KEY"] == "testing"
-    assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
+    assert not {"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"} & set(env)
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["AWS_CONFIG_FILE"] == env["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(project)
     kept = local.child_environment("dev", "http://x", {"WEBHOOK_SECRET": "s3cret", "ALLOW_LOOPBACK_URLS": "0"},
                                    project)
