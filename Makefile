@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m chalicelib run
+	$(PY) -m chalicelib run --stage $(STAGE)
 
 test: $(STAMP)
 	$(PY) -m pytest
