@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import wave
 
 import boto3
@@ -137,3 +138,21 @@ def test_chalice_config_only_fills_in_what_the_supervisor_left_unset(monkeypatch
     _ParentEnvWins().update({"WORK_DIR": "/tmp", "CACHE_PREFIX": "cache/"})
     assert os.environ["WORK_DIR"] == "/from/run"
     assert os.environ["CACHE_PREFIX"] == "cache/"
+
+
+def test_wait_ready_reports_a_child_that_died_while_starting(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    child.wait()
+    with pytest.raises(local.StartupFailed, match="worker exited with status 3 while starting"):
+        local.wait_ready({"worker": child}, tmp_path / "api.port", [tmp_path / "w.ready"], timeout=60)
+
+
+def test_wait_ready_gives_up_when_nothing_answers(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "w.ready").write_text("1")
+        with pytest.raises(local.StartupFailed, match="not ready after 0s"):
+            local.wait_ready({"api": child}, tmp_path / "api.port", [tmp_path / "w.ready"], timeout=0.3)
+    finally:
+        child.kill()
+        child.wait()
