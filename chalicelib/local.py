@@ -335,17 +335,19 @@ def _port(value: str | None, default: int, name: str) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m chalicelib run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m chalicelib run",
+        description="The whole service on 127.0.0.1: moto as AWS, chalice local as the API, SQS worker(s).")
     parser.add_argument("--port", help=f"API port (env API_PORT, default {DEFAULT_API_PORT}; 0 = any free)")
     parser.add_argument("--moto-port", help=f"moto port (env MOTO_PORT, default {DEFAULT_MOTO_PORT}; 0 = any free)")
     parser.add_argument("--stage", default=os.environ.get("STAGE") or "dev",
                         help="stage whose .chalice/config.json environment to use (default dev)")
     parser.add_argument("--no-seed", action="store_true", help="do not upload the sample parts")
     parser.add_argument("--state-dir", default=os.environ.get("LOCAL_RUN_DIR") or str(DEFAULT_STATE_DIR),
-                        help="lock file, run.json and logs of this stack (env LOCAL_RUN_DIR)")
+                        help="where the lock file and run.json go (env LOCAL_RUN_DIR)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("LOCAL_WORKERS") or 1),
                         help="worker processes, i.e. jobs run at once (env LOCAL_WORKERS, default 1)")
-    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for READY")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when the process that started us dies (tests use it)")
     args = parser.parse_args(argv)
