@@ -14,13 +14,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from chalicelib.ffmpeg import ffmpeg_binary
+from tests.audio import decoded_duration
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^READY api=(\S+) moto=(\S+)$", re.M)
@@ -177,8 +176,4 @@ def download_seconds(url: str, tmp_path: Path, suffix: str) -> float:
 
 
 def decoded_seconds(path: Path) -> float:
-    out = path.with_suffix(".decoded.wav")
-    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(path), "-c:a", "pcm_s16le", str(out)],
-                   check=True)
-    with wave.open(str(out)) as w:
-        return w.getnframes() / w.getframerate()
+    return decoded_duration(path)
