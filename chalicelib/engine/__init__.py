@@ -154,19 +154,28 @@ def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
 
 def _encode(infos, parts, output: Path, options: Options, progress) -> Result:
     # Imported here: a copy join never needs the encoder's machinery.
-    from .encode import Segment, build_command, loudness_gains, output_channels, output_rate, run_ffmpeg
+    from . import encode as enc
 
     segments = _segments(infos, parts)
     total = _check_options(segments, options)
-    if options.loudness_lufs is not None:
-        gains = loudness_gains(segments, options.loudness_lufs)
-        segments = [Segment(s.info, s.start_s, s.duration_s, s.gain_db + g) for s, g in zip(segments, gains, strict=True)]
-    rate, channels = output_rate(options, infos), output_channels(options, infos)
+    rate, channels = enc.output_rate(options, infos), enc.output_channels(options, infos)
+    # Loudness matching without crossfades streams the parts into the encoder as their levels
+    # become known (measuring overlaps encoding); crossfades need every part in one graph, so
+    # there all levels are measured first.
+    streamed = options.loudness_lufs is not None and not (options.crossfade_ms and len(segments) > 1)
+    if options.loudness_lufs is not None and not streamed:
+        gains = enc.loudness_gains(segments, options.loudness_lufs)
+        segments = [enc.Segment(s.info, s.start_s, s.duration_s, s.gain_db + g) for s, g in zip(segments, gains, strict=True)]
     with _temp_beside(output) as tmp:
-        cmd = build_command(segments, options, rate, channels, total, tmp)
         try:
-            run_ffmpeg(cmd, total, progress)
+            if streamed:
+                feed = enc.loudness_feed(segments, options.loudness_lufs, options, rate, channels)
+                enc.run_ffmpeg(enc.stream_command(options, rate, channels, total, tmp), total, progress, feed)
+            else:
+                enc.run_ffmpeg(enc.build_command(segments, options, rate, channels, total, tmp), total, progress)
         except StitchError as exc:
+            if isinstance(exc, (UnsupportedAudio, BadRequest)):
+                raise
             raise _blame(infos, exc) from None
         size = os.path.getsize(tmp)
     if progress:

@@ -6,13 +6,17 @@ gaps. Parts are joined with ``concat`` or a chain of ``acrossfade``; fades go on
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import IO
 
 from ..errors import StitchError, UnsupportedAudio
 from ..ffmpeg import ffmpeg_binary
@@ -21,6 +25,7 @@ from .probe import AudioInfo
 
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 _SILENCE_LUFS = -70.0  # at or below: a silent part, leave its level alone
+MEASURE_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,14 @@ def measure_loudness(info: AudioInfo, start_s: float, duration_s: float) -> floa
     cmd += ["-t", f"{duration_s:.6f}", "-i", str(info.path), "-map", "0:a:0",
             "-af", "ebur128=framelog=verbose:metadata=0", "-f", "null", "-"]
     # framelog=verbose prints the summary at info level; the per-frame log goes to verbose only.
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    m = _INTEGRATED.search(proc.stderr)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace")
+    with contextlib.suppress(OSError):
+        # Measuring only has to stay ahead of the encoder, which is the critical path: on a
+        # busy machine the encoder gets the CPU first.
+        os.setpriority(os.PRIO_PROCESS, proc.pid, MEASURE_NICENESS)
+    _, stderr = proc.communicate()
+    m = _INTEGRATED.search(stderr)
     if proc.returncode != 0 or not m:
         raise UnsupportedAudio(f"{info.label}: cannot be decoded to measure loudness", part=info.index)
     value = m.group(1)
@@ -72,10 +83,28 @@ def loudness_gains(segments: list[Segment], target_lufs: float) -> list[float]:
     return [0.0 if level <= _SILENCE_LUFS else target_lufs - level for level in levels]
 
 
+def _fades(options: Options, total_s: float) -> list[str]:
+    post = []
+    if options.fade_in_ms:
+        post.append(f"afade=t=in:st=0:d={options.fade_in_ms / 1000:.6f}")
+    if options.fade_out_ms:
+        d = options.fade_out_ms / 1000
+        post.append(f"afade=t=out:st={max(0.0, total_s - d):.6f}:d={d:.6f}")
+    return post
+
+
+def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
+    fmt = options.output_format
+    args = ["-c:a", fmt.codec]
+    bitrate = options.bitrate or DEFAULT_BITRATE.get(fmt.name)
+    if bitrate and not fmt.lossless:
+        args += ["-b:a", bitrate]
+    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
+
+
 def build_command(segments: list[Segment], options: Options, rate: int, channels: int, total_s: float,
                   out_path: str) -> list[str]:
     """The full ffmpeg argv for one encode pass writing ``out_path``."""
-    fmt = options.output_format
     layout = "mono" if channels == 1 else "stereo"
     cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
            "-progress", "pipe:1", "-y"]
@@ -116,27 +145,40 @@ def build_command(segments: list[Segment], options: Options, rate: int, channels
         inputs = "".join(f"[p{i}]" for i in range(len(segments)))
         chains.append(f"{inputs}concat=n={len(segments)}:v=0:a=1[j]")
         joined = "j"
-    post = []
-    if options.fade_in_ms:
-        post.append(f"afade=t=in:st=0:d={options.fade_in_ms / 1000:.6f}")
-    if options.fade_out_ms:
-        d = options.fade_out_ms / 1000
-        post.append(f"afade=t=out:st={max(0.0, total_s - d):.6f}:d={d:.6f}")
+    post = _fades(options, total_s)
     if post:
         chains.append(f"[{joined}]{','.join(post)}[out]")
         joined = "out"
-    cmd += ["-filter_complex", ";".join(chains), "-map", f"[{joined}]", "-c:a", fmt.codec]
-    bitrate = options.bitrate or DEFAULT_BITRATE.get(fmt.name)
-    if bitrate and not fmt.lossless:
-        cmd += ["-b:a", bitrate]
-    cmd += ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
-    return cmd
+    return cmd + ["-filter_complex", ";".join(chains), "-map", f"[{joined}]",
+                  *_encoder_args(options, rate, channels, out_path)]
 
 
-def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None] | None) -> None:
-    """Run one ffmpeg, feeding ``-progress`` lines to ``progress``; raise StitchError on failure."""
+def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None] | None,
+               feed: Callable[[IO[bytes]], None] | None = None) -> None:
+    """Run one ffmpeg, feeding ``-progress`` lines to ``progress``; raise StitchError on failure.
+
+    With ``feed``, a thread calls ``feed(stdin)`` to stream the input; its errors win over
+    ffmpeg's (a part that cannot be decoded explains a broken pipe).
+    """
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.PIPE if feed else subprocess.DEVNULL)
+        feeder, failures = None, []
+        if feed is not None:
+            def pump() -> None:
+                try:
+                    feed(proc.stdin)
+                except BrokenPipeError:
+                    pass  # the encoder stopped reading: its exit status tells why
+                except BaseException as exc:  # re-raised in the calling thread below
+                    failures.append(exc)
+                    proc.kill()
+                finally:
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()
+
+            feeder = threading.Thread(target=pump, name="stitch-feed", daemon=True)
+            feeder.start()
         try:
             last = -1.0
             for raw in proc.stdout:
@@ -155,10 +197,85 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
             proc.kill()
             proc.wait()
             raise
+        finally:
+            if feeder is not None:
+                feeder.join()
+        if failures:
+            raise failures[0]
         if code != 0:
             err.seek(0)
             tail = err.read()[-2000:].decode("utf-8", "replace").strip()
             raise StitchError(f"ffmpeg failed (exit {code}): {tail}")
+
+
+def stream_command(options: Options, rate: int, channels: int, total_s: float, out_path: str) -> list[str]:
+    """The encoder of the streamed path: raw float PCM on stdin, fades, one encode."""
+    layout = "mono" if channels == 1 else "stereo"
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+           "-progress", "pipe:1", "-y", "-f", "f32le", "-ar", str(rate), "-ch_layout", layout, "-i", "pipe:0"]
+    post = _fades(options, total_s)
+    if post:
+        cmd += ["-af", ",".join(post)]
+    return cmd + _encoder_args(options, rate, channels, out_path)
+
+
+def loudness_feed(segments: list[Segment], target_lufs: float, options: Options, rate: int,
+                  channels: int) -> Callable[[IO[bytes]], None]:
+    """A feeder for ``stream_command``: each part decoded with its gain once its loudness is known.
+
+    Every part's loudness is measured up front in parallel, but part i is streamed as soon as
+    its own measurement is done, so the encoder starts after the first part's measurement
+    instead of after all of them. Gaps are written as exact runs of zero samples.
+    """
+    layout = "mono" if channels == 1 else "stereo"
+    frame_bytes = 4 * channels
+    gap_bytes = round(options.gap_ms * rate / 1000) * frame_bytes
+    last = len(segments) - 1
+
+    def feed(sink: IO[bytes]) -> None:
+        workers = max(1, min(len(segments), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            levels = [pool.submit(measure_loudness, s.info, s.start_s, s.duration_s) for s in segments]
+            try:
+                for i, s in enumerate(segments):
+                    level = levels[i].result()
+                    gain = s.gain_db + (0.0 if level <= _SILENCE_LUFS else target_lufs - level)
+                    _decode_into(sink, s, gain, rate, layout)
+                    if gap_bytes and i < last:
+                        _write_zeros(sink, gap_bytes)
+            finally:
+                for f in levels:
+                    f.cancel()
+
+    return feed
+
+
+def _decode_into(sink: IO[bytes], s: Segment, gain_db: float, rate: int, layout: str) -> None:
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
+    if s.start_s:
+        cmd += ["-ss", f"{s.start_s:.6f}"]
+    cmd += ["-t", f"{s.duration_s:.6f}", "-i", str(s.info.path), "-map", "0:a:0",
+            "-af", f"volume={gain_db:.4f}dB,aresample={rate},aformat=sample_fmts=flt:channel_layouts={layout}",
+            "-f", "f32le", "pipe:1"]
+    with tempfile.TemporaryFile() as err:
+        dec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            shutil.copyfileobj(dec.stdout, sink, 1 << 20)
+            code = dec.wait()
+        finally:
+            if dec.poll() is None:
+                dec.kill()
+                dec.wait()
+            dec.stdout.close()
+    if code != 0:
+        raise UnsupportedAudio(f"{s.info.label}: cannot be decoded ({s.info.codec})", part=s.info.index)
+
+
+def _write_zeros(sink: IO[bytes], n: int) -> None:
+    block = bytes(min(n, 1 << 20))
+    while n > 0:
+        sink.write(block[:n])
+        n -= len(block)
 
 
 def decodes(info: AudioInfo) -> bool:

@@ -228,3 +228,46 @@ def test_part_ffmpeg_cannot_decode_is_blamed(clips, tmp_path):
         stitch([PartInput(clips["wav"]), PartInput(odd)], out, Options())
     assert exc.value.part == 1 and exc.value.message.startswith("part 1 (odd.wav):")
     assert leftovers(tmp_path, {"odd.wav"}) == []
+
+
+def test_loudness_with_gap_trim_and_fades_streams_exact_lengths(clips, tmp_path):
+    """The loudness path streams parts into the encoder: lengths, gaps and offsets still exact."""
+    out = tmp_path / "l.wav"
+    parts = [PartInput(clips["quiet"]), PartInput(clips["loud"], PartOptions.from_dict({"start_s": 0.2, "end_s": 0.9})),
+             PartInput(clips["wav"])]
+    opts = Options.from_dict({"format": "wav", "loudness_lufs": -23, "gap_ms": 250, "fade_out_ms": 200})
+    seen = []
+    result = stitch(parts, out, opts, progress=seen.append)
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    seg = decode_audio(out)
+    assert seg.frame_rate == 44100 and seg.channels == 2
+    assert seg.frame_count() == round((1.0 + 0.25 + 0.7 + 0.25 + 1.0) * 44100)
+    assert flat(result) == pytest.approx([0, 1, 1.25, 1.95, 2.2, 3.2], abs=0.005)
+    assert rms_db(seg, 1.03, 1.22) == float("-inf") and rms_db(seg, 1.98, 2.17) == float("-inf")
+    levels = [rms_db(seg, 0.1, 0.9), rms_db(seg, 1.3, 1.9), rms_db(seg, 2.3, 2.9)]
+    assert max(levels) - min(levels) < 1.0
+    assert rms_db(seg, 3.15, 3.2) < levels[2] - 10  # the fade-out
+
+
+def test_loudness_with_crossfade_measures_first(clips, tmp_path):
+    out = tmp_path / "x.wav"
+    parts = [PartInput(clips["quiet"]), PartInput(clips["loud"])]
+    result = stitch(parts, out, Options.from_dict({"format": "wav", "loudness_lufs": -20, "crossfade_ms": 200}))
+    seg = decode_audio(out)
+    assert seg.frame_count() / seg.frame_rate == pytest.approx(1.8, abs=0.01)
+    assert result.parts[1].start_s == pytest.approx(0.8, abs=0.005)
+    assert abs(rms_db(seg, 0.1, 0.7) - rms_db(seg, 1.1, 1.7)) < 1.0
+
+
+def test_loudness_part_that_cannot_be_measured(clips, tmp_path):
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 0x1234, 1, 8000, 16000, 2, 16)
+    data = bytes(4096)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(UnsupportedAudio) as exc:
+        stitch([PartInput(clips["wav"]), PartInput(odd)], tmp_path / "o.mp3", Options.from_dict({"loudness_lufs": -16}))
+    assert exc.value.part == 1
+    assert leftovers(tmp_path, {"odd.wav"}) == []
