@@ -203,16 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         f"visibility {poller.visibility_timeout}s, maxReceiveCount {poller.max_receive_count})")
     if args.ready_file:
         Path(args.ready_file).write_text(str(os.getpid()))
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+
     try:
         while True:
             try:
                 poller.poll_once(args.wait_seconds)
-            except Exception as exc:  # moto briefly unreachable etc.: keep the worker alive
-                if type(exc).__name__ in ("EndpointConnectionError", "ConnectionClosedError"):
-                    log(f"queue unreachable ({exc}); retrying")
-                    time.sleep(1)
-                else:
-                    raise
+            except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+                # moto busy or briefly unreachable: Lambda's poller would retry too.
+                log(f"queue unreachable ({exc}); retrying")
+                time.sleep(1)
     except KeyboardInterrupt:
         return 0
 
