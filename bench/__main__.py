@@ -26,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = data.DATA / "out"
 DOC = ROOT / "docs" / "performance.md"
 
+IN_PROCESS = """\
+import sys, time
+from chalicelib.engine import PartInput, stitch
+from chalicelib.options import Options
+parts = [PartInput(p) for p in sys.argv[2:]]
+start = time.perf_counter()
+stitch(parts, sys.argv[1], Options())
+print(time.perf_counter() - start)
+"""
+
 PYDUB_NAIVE = """\
 import sys
 from pydub import AudioSegment
@@ -87,12 +97,16 @@ def run_once(cmd: list[str], stdout_path: Path | None = None) -> tuple[float, fl
 
 
 def measure(set_name: str, task: str, tool: str, cmd: list[str], out: Path, runs: int,
-            stdout_path: Path | None = None) -> Row:
-    """One warm-up (page cache, bytecode) then ``runs`` timed runs; the output is removed before each."""
+            stdout_path: Path | None = None, reported: bool = False) -> Row:
+    """One warm-up (page cache, bytecode) then ``runs`` timed runs; the output is removed before each.
+
+    ``reported``: the command prints its own timing (seconds) as the last line of stdout."""
     times, peak = [], 0.0
     for i in range(runs + 1):
         out.unlink(missing_ok=True)
         elapsed, rss = run_once(cmd, stdout_path)
+        if reported:
+            elapsed = float(stdout_path.read_text().split()[-1])
         if i:
             times.append(elapsed)
             peak = max(peak, rss)
@@ -136,6 +150,9 @@ def run(quick: bool) -> list[Row]:
         print(f"{name}: {len(parts)} x {data.SETS[name][1]} s", flush=True)
         o = OUT / f"{name}-join.mp3"
         rows.append(measure(name, "join", "engine (copy)", engine_cmd(parts, o), o, runs))
+        # What the API worker pays: stitch() in a process that has already started and imported.
+        rows.append(measure(name, "join", "engine stitch() only", [sys.executable, "-c", IN_PROCESS, str(o),
+                            *map(str, parts)], o, runs, stdout_path=OUT / "timing.txt", reported=True))
         rows.append(measure(name, "join", "ffmpeg -c copy", ffmpeg_copy_cmd(parts, o), o, runs))
         rows.append(measure(name, "join", "cat", ["cat", *map(str, parts)], o, runs, stdout_path=o))
         if name != "L":  # pydub would hold 3 h of PCM (~1.9 GB) twice over for L
@@ -159,7 +176,7 @@ def ratios(rows: list[Row]) -> dict[tuple[str, str], str]:
     out = {}
     for r in rows:
         eng = _find(rows, r.set, "engine (copy)")
-        if r.tool == "engine (copy)":
+        if r.tool in ("engine (copy)", "engine stitch() only"):
             cat = _find(rows, r.set, "cat")
             out[(r.set, r.tool)] = f"{r.median / cat.median:.2f}x cat"
         elif r.tool in ("ffmpeg -c copy", "cat", "pydub naive"):
@@ -182,7 +199,9 @@ def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
 
     checks = []
     ratio = m("L", "engine (copy)") / m("L", "cat")
-    checks.append(("join L within 2x of cat", f"{ratio:.2f}x", ratio <= 2.0))
+    checks.append(("join L within 2x of cat (CLI, interpreter start-up included)", f"{ratio:.2f}x", ratio <= 2.0))
+    ratio = m("L", "engine stitch() only") / m("L", "cat")
+    checks.append(("join L within 2x of cat (stitch() in a running process)", f"{ratio:.2f}x", ratio <= 2.0))
     speedup = m("M", "pydub naive") / m("M", "engine (copy)")
     checks.append(("join M >= 100x faster than pydub naive", f"{speedup:.0f}x", speedup >= 100))
     peak = max(r.rss_mb for r in rows if r.tool.startswith("engine"))
@@ -235,6 +254,8 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
 
 - **engine (copy)**: `python -m chalicelib stitch PARTS -o OUT` (the frame-level MP3 join; interpreter
   start-up included).
+- **engine stitch() only**: the same join timed inside a fresh Python process around the
+  `stitch()` call alone, as the API worker (a warm Lambda) pays it; peak RSS is the process's.
 - **ffmpeg -c copy**: `ffmpeg -f concat -safe 0 -i list.txt -c copy OUT`.
 - **cat**: `cat PARTS > OUT`, the I/O floor.
 - **pydub naive**: `sum(AudioSegment.from_file(p) for p in parts).export(OUT, format="mp3")`
@@ -247,6 +268,25 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
   part, two at a time, then per-part gain inside the single encode).
 
 {table}
+
+## Reading the results
+
+- **Copy join vs `cat`.** The join itself runs at `cat` speed: each part's frames are walked in
+  Python (a regex checks 32 constant-bitrate headers per call) while a thread copies the bytes in
+  the kernel with `copy_file_range`, so the walk hides behind the copy; compare the
+  `stitch() only` row with `cat`. The CLI row adds a fixed ~50-60 ms of interpreter start-up and
+  imports (argparse, dataclasses, re, pathlib). On this machine `cat` moves the 173 MB of L in
+  well under 0.1 s from the page cache, so that fixed cost alone is most of a `cat` run; where
+  the 2x target is missed, it is missed by the CLI's start-up, not by the join.
+- **Memory.** The copy join's peak RSS is the interpreter's (about 16 MB) whatever the input
+  length: 3 MB or 173 MB of MP3 give the same number. Re-encodes peak at ffmpeg's ~40 MB.
+- **pydub** decodes every part to PCM in memory and re-encodes: 0.68 GB for M, so about 6.8 GB
+  would be needed for L; it is not run there.
+- **Re-encode** is the same single ffmpeg process as the hand-written command (plus per-part
+  resample/format filters that are no-ops here), so the two are within noise of each other.
+- **Loudness** measures each part (decode + `ebur128`, niced) while earlier parts are already
+  being encoded; only the first part's measurement delays the encoder. Expect about 1.0-1.1x on
+  an idle machine; on a loaded one the measurements compete with the encoder for CPU.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)

@@ -5,12 +5,10 @@ No ffprobe (no wheel we can ship has it). Every failure becomes a typed error na
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PartNotFound, UnsupportedAudio, part_label
-from ..ffmpeg import ffmpeg_binary
 from . import mp3
 
 
@@ -124,6 +122,10 @@ _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2}
 
 def _probe_ffmpeg(path: Path, index: int, name: str | None, label: str) -> AudioInfo:
     """Ask ffmpeg itself (``ffmpeg -i`` prints the stream list, then complains there is no output)."""
+    import subprocess  # here, not at the top: an MP3 copy join never starts a process
+
+    from ..ffmpeg import ffmpeg_binary
+
     proc = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
         capture_output=True, text=True, errors="replace", timeout=60,
@@ -152,6 +154,10 @@ _OUT_TIME = re.compile(r"out_time_us=(\d+)")
 
 def _decoded_duration(path: Path, label: str, index: int) -> float:
     """Decode once (no output) when the container states no duration, e.g. raw ADTS."""
+    import subprocess
+
+    from ..ffmpeg import ffmpeg_binary
+
     proc = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
          "-f", "null", "-progress", "pipe:1", "-"],
