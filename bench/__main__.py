@@ -259,8 +259,7 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
 - **ffmpeg -c copy**: `ffmpeg -f concat -safe 0 -i list.txt -c copy OUT`.
 - **cat**: `cat PARTS > OUT`, the I/O floor.
 - **pydub naive**: `sum(AudioSegment.from_file(p) for p in parts).export(OUT, format="mp3")`
-  (with `format`/`codec` named: there is no ffprobe). Not run on L: it would hold about 1.9 GB
-  of PCM, twice.
+  (with `format`/`codec` named: there is no ffprobe). Not run on L (see below).
 - **engine (re-encode)**: the same CLI with `--bitrate 128k`, which forces the ffmpeg pass.
 - **ffmpeg filter**: `ffmpeg -i ... -filter_complex concat=n=N:v=0:a=1 -c:a libmp3lame -b:a 128k OUT`,
   the same output written by hand.
@@ -280,8 +279,9 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
   the 2x target is missed, it is missed by the CLI's start-up, not by the join.
 - **Memory.** The copy join's peak RSS is the interpreter's (about 16 MB) whatever the input
   length: 3 MB or 173 MB of MP3 give the same number. Re-encodes peak at ffmpeg's ~40 MB.
-- **pydub** decodes every part to PCM in memory and re-encodes: 0.68 GB for M, so about 6.8 GB
-  would be needed for L; it is not run there.
+- **pydub** decodes every part to PCM in memory, sums the segments (copying them) and exports
+  through a temporary WAV: about 0.7 GB peak for M's 30 minutes, so about 4 GB for L's 3 hours;
+  it is not run there.
 - **Re-encode** is the same single ffmpeg process as the hand-written command (plus per-part
   resample/format filters that are no-ops here), so the two are within noise of each other.
 - **Loudness** measures each part (decode + `ebur128`, niced) while earlier parts are already
