@@ -7,7 +7,8 @@ Starts, in order:
   4. the API: `chalice local --no-autoreload` on 127.0.0.1 (API_PORT, default 8000);
   5. the worker: long-polls the FIFO queue and feeds the app's real SQS handler.
 Then prints the URLs, sample keys, a curl to try and a ``READY`` line, and supervises: Ctrl-C or
-SIGTERM stops every child; if a child dies, everything stops with its exit status reported.
+SIGTERM stops every child. A worker that dies is replaced (as Lambda replaces an instance); if
+the API dies, or workers keep dying, everything stops with the reason reported.
 
 Children get the stage's environment from .chalice/config.json plus local overrides; variables you
 export yourself win over both. Port 0 means "any free port" (the tests use it).
@@ -41,6 +42,7 @@ DEFAULT_MOTO_PORT = 4566
 # (key, seconds, frequency): short, distinct tones so a stitch of all three is audibly in order.
 SAMPLES = (("samples/intro.mp3", 1.0, 440), ("samples/middle.mp3", 1.5, 554), ("samples/outro.mp3", 1.0, 659))
 STOP_GRACE_SECONDS = 5.0
+MAX_WORKER_RESTARTS_PER_MINUTE = 5
 
 
 class Stop(Exception):
@@ -51,8 +53,8 @@ class AlreadyRunning(Exception):
     pass
 
 
-class StartupFailed(Exception):
-    """Something the user can act on; reported without a traceback."""
+class StackFailed(Exception):
+    """The stack cannot start or keep running, for a reason the message states (no traceback)."""
 
 
 def log(line: str) -> None:
@@ -217,7 +219,7 @@ def create_resources(settings, moto_url: str) -> dict:
     try:
         return ensure_resources(settings, endpoint_url=moto_url)
     except ProvisionError as exc:  # a bad name or setting in the stage's config: say which
-        raise StartupFailed(f"cannot create the stage's resources: {exc}") from None
+        raise StackFailed(f"cannot create the stage's resources: {exc}") from None
 
 
 def seed_samples(s3, bucket: str) -> list[str]:
@@ -285,13 +287,13 @@ def wait_ready(children: dict[str, subprocess.Popen], port_file: Path, ready_fil
     while time.monotonic() < deadline:
         for name, proc in children.items():
             if proc.poll() is not None:
-                raise StartupFailed(f"{name} exited with status {proc.returncode} while starting (see its output above)")
+                raise StackFailed(f"{name} exited with status {proc.returncode} while starting (see its output above)")
         if api_port is None and port_file.is_file() and port_file.read_text().strip():
             api_port = int(port_file.read_text())
         if api_port and all(f.is_file() for f in ready_files) and http_answers(f"http://{HOST}:{api_port}/health"):
             return api_port
         time.sleep(0.1)
-    raise StartupFailed(f"the stack was not ready after {timeout:.0f}s")
+    raise StackFailed(f"the stack was not ready after {timeout:.0f}s")
 
 
 def banner(state: RunState, settings) -> str:
@@ -370,12 +372,14 @@ class LocalStack:
         self.moto: MotoServer | None = None
         self.state = RunState(pid=os.getpid(), stage=args.stage)
         self.settings = None
+        self.env: dict[str, str] = {}
+        self.worker_args: dict[str, list[str]] = {}
 
     def _files(self) -> list[Path]:
         return [*self.state_dir.glob("worker-*.ready"), self.state_dir / "run.json", self.state_dir / "api.port"]
 
     def start(self) -> None:
-        """Everything up to READY; raises StartupFailed (or anything unexpected) on the way."""
+        """Everything up to READY; raises StackFailed (or anything unexpected) on the way."""
         args, state = self.args, self.state
         for stale in self._files():
             stale.unlink(missing_ok=True)
@@ -411,11 +415,13 @@ class LocalStack:
 
         port_file = self.state_dir / "api.port"
         ready_files = [self.state_dir / f"worker-{i}.ready" for i in range(1, args.workers + 1)]
+        self.env = env
         for i, ready_file in enumerate(ready_files, 1):
             # One process per concurrent job, as Lambda runs one event per instance.
-            self.children[f"worker-{i}" if args.workers > 1 else "worker"] = spawn(
-                ["-m", "chalicelib.localworker", "--queue-url", state.queue_url, "--ready-file", str(ready_file)],
-                env)
+            name = f"worker-{i}" if args.workers > 1 else "worker"
+            self.worker_args[name] = ["-m", "chalicelib.localworker", "--queue-url", state.queue_url,
+                                      "--ready-file", str(ready_file)]
+            self.children[name] = spawn(self.worker_args[name], env)
         self.children["api"] = spawn(["-m", "chalicelib.localapi", "--host", HOST, "--port", str(args.port),
                                       "--stage", args.stage, "--port-file", str(port_file)], env)
         state.children = {name: proc.pid for name, proc in self.children.items()}
@@ -426,11 +432,28 @@ class LocalStack:
         state.write(self.state_dir)
 
     def supervise(self) -> None:
-        """Block until a child exits (an error: it should run until we stop it)."""
+        """Run until stopped. A worker that exits is replaced, as Lambda replaces an instance that
+        crashed or timed out; the API exiting, or workers crashing in a loop, stops the stack."""
+        from chalicelib.localworker import TIMEOUT_EXIT_STATUS
+
+        recent: list[float] = []
         while True:
-            for name, proc in self.children.items():
-                if proc.poll() is not None:
-                    raise StartupFailed(f"{name} exited unexpectedly with status {proc.returncode}")
+            for name, proc in list(self.children.items()):
+                status = proc.poll()
+                if status is None:
+                    continue
+                if name not in self.worker_args:
+                    raise StackFailed(f"{name} exited unexpectedly with status {status}")
+                now = time.monotonic()
+                recent = [t for t in recent if now - t < 60] + [now]
+                if len(recent) > MAX_WORKER_RESTARTS_PER_MINUTE:
+                    raise StackFailed(f"{name} exited with status {status}, the {len(recent)}th worker "
+                                      "to exit within a minute; stopping (see the output above)")
+                why = "timed out" if status == TIMEOUT_EXIT_STATUS else f"exited with status {status}"
+                self.children[name] = spawn(self.worker_args[name], self.env)
+                self.state.children[name] = self.children[name].pid
+                self.state.write(self.state_dir)
+                log(f"{name} {why}; started a fresh one (pid {self.children[name].pid}), as Lambda would")
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -479,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.supervise()
     except (KeyboardInterrupt, Stop):
         log("stopping")
-    except StartupFailed as exc:
+    except StackFailed as exc:
         log(f"FAILED: {exc}")
         status = 1
     except Exception as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import ctypes
 import importlib
 import json
@@ -110,8 +111,11 @@ class Poller:
     """Receive from one queue, invoke ``handler(event, context)``, delete on success."""
 
     def __init__(self, sqs, queue_url: str, handler: Callable, *, batch_size: int = 1,
-                 function_name: str = "process_job", timeout_seconds: int = 900, region: str = "us-east-1"):
+                 function_name: str = "process_job", timeout_seconds: int = 900, region: str = "us-east-1",
+                 on_timeout: Callable[[str], None] | None = None):
         self.sqs = sqs
+        # Called (from SIGALRM, main thread only) when a handler outlives the function's timeout.
+        self.on_timeout = on_timeout
         self.queue_url = queue_url
         self.handler = handler
         self.batch_size = max(1, min(10, batch_size))
@@ -123,6 +127,23 @@ class Poller:
         self.visibility_timeout = int(attrs.get("VisibilityTimeout", 30))
         redrive = json.loads(attrs["RedrivePolicy"]) if attrs.get("RedrivePolicy") else {}
         self.max_receive_count = int(redrive["maxReceiveCount"]) if redrive else None
+
+    @contextlib.contextmanager
+    def _deadline(self, label: str):
+        if self.on_timeout is None:
+            yield
+            return
+
+        def expired(signum, frame):
+            self.on_timeout(f"{label}: timed out after {self.timeout_seconds}s, the function's timeout")
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def poll_once(self, wait_seconds: int = DEFAULT_WAIT_SECONDS) -> int:
         """One long poll and at most one handler call; returns how many messages were received."""
@@ -150,7 +171,8 @@ class Poller:
         label = f"message {first['MessageId'][:8]} group={attrs.get('MessageGroupId', '-')[:16]} receive #{receives}"
         started = time.monotonic()
         try:
-            self.handler(event, context)
+            with self._deadline(label):
+                self.handler(event, context)
         except Exception as exc:  # any failure means "retry": that is Lambda's contract
             elapsed = time.monotonic() - started
             then = f"SQS redelivers it after the visibility timeout ({self.visibility_timeout}s)"
@@ -167,12 +189,34 @@ class Poller:
         return True
 
 
+# Distinct from a crash, so the supervisor's log can say what happened.
+TIMEOUT_EXIT_STATUS = 124
+
+
+def stop_like_lambda(reason: str) -> None:
+    """What Lambda does to an invocation past its timeout: the whole sandbox stops, ffmpeg and all.
+
+    The message is not deleted, so SQS redelivers it after the visibility timeout; the supervisor
+    starts a fresh worker in our place.
+    """
+    log(f"{reason}: stopping this worker as Lambda would; the message stays in the queue")
+    sys.stdout.flush()
+    if os.getpgid(0) == os.getpid():  # our own group (the supervisor starts us so): take ffmpeg along
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpid(), signal.SIGTERM)
+    os._exit(TIMEOUT_EXIT_STATUS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chalicelib.localworker", description=__doc__.split("\n")[0])
     parser.add_argument("--queue-url", required=True)
     parser.add_argument("--project-dir", default=str(PROJECT_ROOT))
     parser.add_argument("--ready-file", help="created once the app is imported and the queue is reachable")
-    parser.add_argument("--wait-seconds", type=int, default=DEFAULT_WAIT_SECONDS)
+    # A worker killed mid-poll leaves its ReceiveMessage running in moto (in SQS too): a message
+    # arriving then is in flight until the visibility timeout. Tests shorten the poll to narrow that.
+    parser.add_argument("--wait-seconds", type=int,
+                        default=int(os.environ.get("LOCAL_WORKER_WAIT_SECONDS") or DEFAULT_WAIT_SECONDS))
     args = parser.parse_args(argv)
     die_with_parent()
 
@@ -196,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     # The name `chalice deploy` gives the function, e.g. audio-stitch-dev-process_job.
                     function_name=f"{app_module.app.app_name}-{settings.stage}-{config.name}",
                     timeout_seconds=settings.worker_timeout_seconds,
-                    region=settings.aws_region)
+                    region=settings.aws_region, on_timeout=stop_like_lambda)
     if config.queue and config.queue != queue_name:
         log(f"note: app.py binds {config.name} to queue {config.queue!r}; polling {queue_name!r}")
     log(f"polling {queue_name} for {config.handler_string} (batch {poller.batch_size}, "

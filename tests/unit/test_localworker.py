@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 import types
 
 import boto3
@@ -149,3 +151,23 @@ def test_find_sqs_handler_requires_one_and_prefers_the_bound_queue():
     assert handler is process_job and config.name == "process_job"
     with pytest.raises(LookupError, match="no @app.on_sqs_message handler"):
         find_sqs_handler(types.SimpleNamespace(app=Chalice(app_name="empty")))
+
+
+def test_a_handler_past_the_function_timeout_is_stopped_and_its_message_kept(sqs, queues):
+    app = Chalice(app_name="unit")
+    expired = []
+
+    @app.on_sqs_message(queue=QUEUE)
+    def process_job(event):
+        time.sleep(30)  # a hung download; the timer interrupts it
+
+    def on_timeout(reason):
+        expired.append(reason)
+        raise TimeoutError(reason)  # the real worker exits here instead (stop_like_lambda)
+
+    poller = Poller(sqs, queues.url, process_job, timeout_seconds=0.2, on_timeout=on_timeout)
+    _send(sqs, queues.url, "job-slow")
+    assert poller.poll_once(wait_seconds=0) == 1
+    assert len(expired) == 1 and "timed out after 0.2s, the function's timeout" in expired[0]
+    assert _count(sqs, queues.url) == 1  # not deleted: SQS will redeliver it
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # disarmed
