@@ -5,6 +5,8 @@ each batch to the app's real ``@app.on_sqs_message`` handler with an event shape
 Lambda sends. A message is deleted only when the handler returns; when it raises, the message is
 left alone so it becomes visible again after the queue's visibility timeout and, after
 maxReceiveCount receives, SQS's redrive policy moves it to the dead-letter queue, as on AWS.
+A handler still running after the function's timeout (WORKER_TIMEOUT_SECONDS) ends the process,
+as Lambda ends the sandbox; the `run` supervisor starts a fresh worker.
 
 Run by ``chalicelib.local`` as ``python -m chalicelib.localworker --queue-url URL``.
 """
@@ -111,7 +113,7 @@ class Poller:
     """Receive from one queue, invoke ``handler(event, context)``, delete on success."""
 
     def __init__(self, sqs, queue_url: str, handler: Callable, *, batch_size: int = 1,
-                 function_name: str = "process_job", timeout_seconds: int = 900, region: str = "us-east-1",
+                 function_name: str = "process_job", timeout_seconds: float = 900, region: str = "us-east-1",
                  on_timeout: Callable[[str], None] | None = None):
         self.sqs = sqs
         # Called (from SIGALRM, main thread only) when a handler outlives the function's timeout.
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
 
     import boto3
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
     from chalicelib.config import get_settings
 
@@ -247,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         f"visibility {poller.visibility_timeout}s, maxReceiveCount {poller.max_receive_count})")
     if args.ready_file:
         Path(args.ready_file).write_text(str(os.getpid()))
-    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
-
     try:
         while True:
             try:
