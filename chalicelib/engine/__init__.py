@@ -58,7 +58,7 @@ def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list:
                     field=_part_field(info.index, "end_s"), part=info.index,
                 )
             end = min(o.end_s, info.duration_s)
-        segments.append(Segment(info, start, end - start, o.gain_db))
+        segments.append(Segment(info, start, end - start, o.gain_db, cut_end=o.end_s is not None))
     return segments
 
 
@@ -165,7 +165,8 @@ def _encode(infos, parts, output: Path, options: Options, progress) -> Result:
     streamed = options.loudness_lufs is not None and not (options.crossfade_ms and len(segments) > 1)
     if options.loudness_lufs is not None and not streamed:
         gains = enc.loudness_gains(segments, options.loudness_lufs)
-        segments = [enc.Segment(s.info, s.start_s, s.duration_s, s.gain_db + g) for s, g in zip(segments, gains, strict=True)]
+        segments = [enc.Segment(s.info, s.start_s, s.duration_s, s.gain_db + g, s.cut_end)
+                    for s, g in zip(segments, gains, strict=True)]
     with _temp_beside(output) as tmp:
         try:
             if streamed:

@@ -26,6 +26,9 @@ from .probe import AudioInfo
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 _SILENCE_LUFS = -70.0  # at or below: a silent part, leave its level alone
 MEASURE_NICENESS = 10
+# Decoders whose output already is what the graph works in (fltp): such parts need no filters
+# when their rate and channels match the output, so a plain join is the hand-written command.
+_PLANAR_FLOAT_DECODERS = frozenset({"mp3", "aac", "vorbis", "opus"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,14 @@ class Segment:
     start_s: float
     duration_s: float
     gain_db: float
+    cut_end: bool = True  # end_s was given: stop reading there
+
+    @property
+    def passthrough_to(self) -> tuple[int, int] | None:
+        """(rate, channels) this part already decodes to as planar float with no gain, if so."""
+        if self.gain_db or self.info.codec not in _PLANAR_FLOAT_DECODERS:
+            return None
+        return self.info.sample_rate, self.info.channels
 
 
 def output_rate(options: Options, infos: list[AudioInfo]) -> int:
@@ -111,41 +122,48 @@ def build_command(segments: list[Segment], options: Options, rate: int, channels
     for s in segments:
         if s.start_s:
             cmd += ["-ss", f"{s.start_s:.6f}"]
-        cmd += ["-t", f"{s.duration_s:.6f}", "-i", str(s.info.path)]
+        if s.cut_end:
+            cmd += ["-t", f"{s.duration_s:.6f}"]
+        cmd += ["-i", str(s.info.path)]
     chains = []
+    labels = []
     last = len(segments) - 1
     gap_samples = round(options.gap_ms * rate / 1000)
     for i, s in enumerate(segments):
-        chain = [f"[{i}:a:0]"]
         filters = []
-        if s.gain_db:
-            filters.append(f"volume={s.gain_db:.4f}dB")
-        filters.append(f"aresample={rate}")
-        filters.append(f"aformat=sample_fmts=fltp:channel_layouts={layout}")
+        if s.passthrough_to != (rate, channels):
+            if s.gain_db:
+                filters.append(f"volume={s.gain_db:.4f}dB")
+            filters.append(f"aresample={rate}")
+            filters.append(f"aformat=sample_fmts=fltp:channel_layouts={layout}")
         if gap_samples and i < last:
             filters.append(f"apad=pad_len={gap_samples}")
         if options.crossfade_ms and last:
             # ffmpeg 7.0's acrossfade drops most of its second input when that input arrives in
             # frames larger than usual (flac's 4608 samples); even frames avoid it.
             filters.append("asetnsamples=n=1024:p=0")
-        chain.append(",".join(filters))
-        chain.append(f"[p{i}]")
-        chains.append("".join(chain))
+        if filters:
+            chains.append(f"[{i}:a:0]{','.join(filters)}[p{i}]")
+            labels.append(f"p{i}")
+        else:
+            labels.append(f"{i}:a:0")
+    post = _fades(options, total_s)
+    if len(segments) == 1 and not chains and not post:
+        return cmd + ["-map", "0:a:0", *_encoder_args(options, rate, channels, out_path)]
     if len(segments) == 1:
-        joined = "p0"
+        joined = labels[0]
     elif options.crossfade_ms:
         n = round(options.crossfade_ms * rate / 1000)
-        prev = "p0"
+        prev = labels[0]
         for i in range(1, len(segments)):
             label = f"x{i}"
-            chains.append(f"[{prev}][p{i}]acrossfade=ns={n}:c1=tri:c2=tri[{label}]")
+            chains.append(f"[{prev}][{labels[i]}]acrossfade=ns={n}:c1=tri:c2=tri[{label}]")
             prev = label
         joined = prev
     else:
-        inputs = "".join(f"[p{i}]" for i in range(len(segments)))
+        inputs = "".join(f"[{label}]" for label in labels)
         chains.append(f"{inputs}concat=n={len(segments)}:v=0:a=1[j]")
         joined = "j"
-    post = _fades(options, total_s)
     if post:
         chains.append(f"[{joined}]{','.join(post)}[out]")
         joined = "out"

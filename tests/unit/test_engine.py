@@ -271,3 +271,18 @@ def test_loudness_part_that_cannot_be_measured(clips, tmp_path):
         stitch([PartInput(clips["wav"]), PartInput(odd)], tmp_path / "o.mp3", Options.from_dict({"loudness_lufs": -16}))
     assert exc.value.part == 1
     assert leftovers(tmp_path, {"odd.wav"}) == []
+
+
+def test_plain_join_of_matching_parts_is_the_hand_written_command(clips, tmp_path):
+    """No per-part filters when nothing needs converting: the encode costs what ffmpeg alone does."""
+    from chalicelib.engine import encode
+
+    infos = [probe(clips["mp3"], 0), probe(clips["m4a"], 1)]
+    segs = [encode.Segment(i, 0.0, i.duration_s, 0.0, cut_end=False) for i in infos]
+    cmd = encode.build_command(segs, Options.from_dict({"bitrate": "96k"}), 44100, 2, 2.5, str(tmp_path / "o.mp3"))
+    graph = cmd[cmd.index("-filter_complex") + 1]
+    assert graph == "[0:a:0][1:a:0]concat=n=2:v=0:a=1[j]"
+    assert "-t" not in cmd
+    out = tmp_path / "o.mp3"
+    stitch([PartInput(clips["mp3"]), PartInput(clips["m4a"])], out, Options.from_dict({"bitrate": "96k"}))
+    assert decoded_duration(out) == pytest.approx(2.5, abs=0.06)
