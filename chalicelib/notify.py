@@ -38,43 +38,6 @@ def webhook_body(job: dict) -> bytes:
     return json.dumps(job, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect could point the POST at an address the SSRF guard never saw.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-def _guarded_opener(settings: Settings, resolver=None) -> urllib.request.OpenerDirector:
-    """urllib opener that connects only to addresses the SSRF guard accepts, checked after the
-    lookup it really connects to (a host that re-resolves to 127.0.0.1 after check_url is refused),
-    ignores proxy variables and follows no redirects."""
-    import http.client
-
-    from .urlguard import GuardedConnector
-
-    connector = GuardedConnector(settings, resolver=resolver)
-
-    class _HTTP(http.client.HTTPConnection):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._create_connection = connector
-
-    class _HTTPS(http.client.HTTPSConnection):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._create_connection = connector
-
-    class _HTTPHandler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(_HTTP, req)
-
-    class _HTTPSHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(_HTTPS, req, context=self._context)
-
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _HTTPHandler, _HTTPSHandler, _NoRedirect)
-
-
 def _describe(job: dict) -> tuple[str, str]:
     """Subject and plain-text body of the e-mail for a finished job."""
     job_id = job.get("job_id", "")
@@ -125,7 +88,7 @@ class Notifier:
 
     def webhook(self, url: str, job: dict) -> bool:
         """POST the signed job JSON; retry network errors, 429 and 5xx a bounded number of times."""
-        from .urlguard import RefusedConnection, check_url
+        from .urlguard import RefusedConnection, check_url, guarded_opener
 
         try:
             # Checked again here, not only at request time: DNS may have changed since.
@@ -141,7 +104,9 @@ class Notifier:
         else:
             log.warning("webhook job=%s sent unsigned: WEBHOOK_SECRET is not set", job.get("job_id"))
         attempts = max(1, self.settings.webhook_attempts)
-        opener = _guarded_opener(self.settings, self.resolver)
+        # Dials only addresses the SSRF guard accepts (after the lookup it connects with), no proxy,
+        # no redirects: a 3xx could point the POST somewhere the guard never saw.
+        opener = guarded_opener(self.settings, resolver=self.resolver)
         for attempt in range(1, attempts + 1):
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
