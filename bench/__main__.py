@@ -235,8 +235,8 @@ def _machine() -> str:
     except OSError:
         pass
     version = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, "
-            f"{version.split(' Copyright')[0]}")
+    version = version.split(" Copyright")[0].split(" https://")[0].replace("ffmpeg version ", "ffmpeg ")
+    return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, {version}."
 
 
 def write_doc(table: str, started: datetime, seconds: float) -> None:
@@ -244,7 +244,7 @@ def write_doc(table: str, started: datetime, seconds: float) -> None:
     text = f"""# Performance
 
 Latest `make bench` (`python -m bench`), run {started:%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} min on
-{_machine()}. The machine was shared with other jobs, so single numbers move by tens of percent
+{_machine()} The machine was shared with other jobs, so single numbers move by tens of percent
 between runs; ratios within one run are what the targets use.
 
 Inputs (generated once into `bench/.data`, a tone over pink noise): {sizes}; MP3 128 kbps,
@@ -263,8 +263,9 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
 - **engine (re-encode)**: the same CLI with `--bitrate 128k`, which forces the ffmpeg pass.
 - **ffmpeg filter**: `ffmpeg -i ... -filter_complex concat=n=N:v=0:a=1 -c:a libmp3lame -b:a 128k OUT`,
   the same output written by hand.
-- **engine -16 LUFS**: the re-encode plus `--loudness-lufs -16` (one decode-only ebur128 pass per
-  part, two at a time, then per-part gain inside the single encode).
+- **engine -16 LUFS**: the re-encode plus `--loudness-lufs -16` (a decode-only ebur128 pass per
+  part, then per-part gain inside the single encode; parts stream into the encoder as their
+  levels become known).
 
 {table}
 
@@ -282,8 +283,9 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
 - **pydub** decodes every part to PCM in memory, sums the segments (copying them) and exports
   through a temporary WAV: about 0.7 GB peak for M's 30 minutes, so about 4 GB for L's 3 hours;
   it is not run there.
-- **Re-encode** is the same single ffmpeg process as the hand-written command (plus per-part
-  resample/format filters that are no-ops here), so the two are within noise of each other.
+- **Re-encode** runs the very command one would write by hand (no per-part filters when the
+  parts already match the output) plus about 0.1 s of Python start-up and probing, so the two
+  differ by noise: a few percent either way from one run to the next on a shared machine.
 - **Loudness** measures each part (decode + `ebur128`, niced) while earlier parts are already
   being encoded; only the first part's measurement delays the encoder. Expect about 1.0-1.1x on
   an idle machine; on a loaded one the measurements compete with the encoder for CPU.
