@@ -34,7 +34,8 @@ def plan_mode(infos: list[AudioInfo], parts: list[PartInput], options: Options) 
     heads = [i.mp3_head for i in infos]
     if any(h is None for h in heads) or not mp3.compatible(heads):
         return "encode"
-    return "copy"
+    # Only Layer III decoders know to skip a Xing/Info frame; in MP1/MP2 it would play as silence.
+    return "copy" if heads[0].header.layer == 3 else "encode"
 
 
 def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list:

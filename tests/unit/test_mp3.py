@@ -72,7 +72,7 @@ def check_header_matches_decode(path, parts):
 
 
 @pytest.mark.parametrize("names", [("a", "b", "c"), ("va", "vb", "va"), ("m22", "m22b"), ("m8a", "m8b", "m8a"),
-                                   ("a", "tagged", "c")])
+                                   ("a", "tagged", "c"), ("mono", "mono")])
 def test_copy_join_header_duration_equals_decoded(tones, tmp_path, names):
     paths = [tones[n] for n in names]
     out = tmp_path / "joined.mp3"
@@ -125,6 +125,15 @@ def test_plan_falls_back_to_encode(tones, tmp_path, names, options, part_options
     opts = Options.from_dict(options)
     assert plan_mode([probe(p.path, i) for i, p in enumerate(parts)], parts, opts) == "encode"
     assert stitch(parts, tmp_path / f"o.{opts.format}", opts).mode == "encode"
+
+
+def test_mp2_is_re_encoded_not_copied(tmp_path):
+    """A Xing frame would play as a frame of silence in Layer II, so MP2 never takes the copy path."""
+    a = make_tone(tmp_path / "a.mp2", 0.5, fmt="mp3", extra=["-c:a", "mp2", "-b:a", "128k", "-f", "mp2"])
+    assert mp3.scan(a).header.layer == 2
+    result = stitch([PartInput(a), PartInput(a)], tmp_path / "o.mp3", Options())
+    assert result.mode == "encode"
+    assert result.duration_s == pytest.approx(1.0, abs=0.06)
 
 
 def test_tag_crc_matches_lame(tones):
