@@ -30,21 +30,6 @@ def make_tone(path, seconds: float = 1.0, *, rate: int = 44100, channels: int = 
     return path
 
 
-def decode(path, fmt: str | None = None):
-    """Decode with pydub (pointed at our ffmpeg; format given so ffprobe is never called)."""
-    from pydub import AudioSegment
-
-    AudioSegment.converter = ffmpeg_binary()
-    path = Path(path)
-    fmt = fmt or {"m4a": "mp4", "opus": "ogg"}.get(path.suffix.lstrip("."), path.suffix.lstrip("."))
-    return AudioSegment.from_file(str(path), format=fmt)
-
-
-def decoded_seconds(path, fmt: str | None = None) -> float:
-    seg = decode(path, fmt)
-    return seg.frame_count() / seg.frame_rate
-
-
 # pydub only skips ffprobe when it is given the decoder too (``codec=``), not just ``format=``.
 DECODERS = {"mp3": "mp3", "wav": "pcm_s16le", "flac": "flac", "mp4": "aac", "ogg": "vorbis", "opus": "opus"}
 
