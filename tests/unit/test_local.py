@@ -139,7 +139,7 @@ def test_chalice_config_only_fills_in_what_the_supervisor_left_unset(monkeypatch
 def test_wait_ready_reports_a_child_that_died_while_starting(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     child.wait()
-    with pytest.raises(local.StartupFailed, match="worker exited with status 3 while starting"):
+    with pytest.raises(local.StackFailed, match="worker exited with status 3 while starting"):
         local.wait_ready({"worker": child}, tmp_path / "api.port", [tmp_path / "w.ready"], timeout=60)
 
 
@@ -147,7 +147,7 @@ def test_wait_ready_gives_up_when_nothing_answers(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / "w.ready").write_text("1")
-        with pytest.raises(local.StartupFailed, match="not ready after 0s"):
+        with pytest.raises(local.StackFailed, match="not ready after 0s"):
             local.wait_ready({"api": child}, tmp_path / "api.port", [tmp_path / "w.ready"], timeout=0.3)
     finally:
         child.kill()
