@@ -27,7 +27,8 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m chalicelib run --stage $(STAGE)
+	@# --exit-with-parent: if make itself is killed (e.g. by `timeout`), the stack stops with it.
+	$(PY) -m chalicelib run --stage $(STAGE) --exit-with-parent
 
 test: $(STAMP)
 	$(PY) -m pytest
