@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import time
@@ -116,7 +117,8 @@ class Notifier:
             except urllib.error.HTTPError as exc:
                 retry = exc.code == 429 or exc.code >= 500
                 reason = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
+                # HTTPException: a reply that is not HTTP (BadStatusLine...), which urllib lets through.
                 cause = getattr(exc, "reason", exc)
                 # The guard refused the address it was about to dial: asking again won't change that.
                 retry = not isinstance(cause, RefusedConnection)

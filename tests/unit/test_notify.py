@@ -118,3 +118,29 @@ def test_webhook_host_that_re_resolves_to_loopback_is_refused_at_connect_time(mo
         assert n.webhook(f"http://hooks.example.com:{port}/hook", JOB) is False
     assert rx.requests == []
     assert calls == ["hooks.example.com"] * 2  # the check, then the guarded dial; no retries
+
+
+def test_webhook_to_a_receiver_that_does_not_speak_http_fails_without_raising():
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"garbage\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        n = notifier()
+        assert n.webhook(f"http://127.0.0.1:{port}/hook", JOB) is False
+    finally:
+        server.close()
+    assert len(n.sleeps) == LOOPBACK.webhook_attempts - 1
