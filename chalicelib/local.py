@@ -34,6 +34,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chalicelib.infra import ProvisionError, ensure_resources, stage_environment
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".chalice" / ".local-run"
@@ -63,26 +65,16 @@ def log(line: str) -> None:
 
 # --- environment ---------------------------------------------------------------------------------
 
-def stage_environment(stage: str, project_dir: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The stage's ``environment_variables`` from .chalice/config.json: top level, then the stage's."""
-    path = project_dir / ".chalice" / "config.json"
-    if not path.is_file():
-        return {}
-    config = json.loads(path.read_text())
-    env = dict(config.get("environment_variables", {}))
-    env.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
-    return {k: str(v) for k, v in env.items()}
-
-
 def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = None,
                       project_dir: Path = PROJECT_ROOT) -> dict[str, str]:
     """The environment of every child: stage config < local overrides < what the caller exported.
 
     AWS credentials and the endpoint are forced: nothing the local stack does may reach real AWS.
+    A stage missing from .chalice/config.json raises ProvisionError.
     """
     base = dict(os.environ if base is None else base)
     env = dict(base)
-    for key, value in stage_environment(stage, project_dir).items():
+    for key, value in stage_environment(stage, project_dir / ".chalice" / "config.json").items():
         if key not in base:
             env[key] = value
     # Loopback is how the tests (and you) serve URL parts and receive webhooks locally.
@@ -214,8 +206,6 @@ class MotoServer:
 
 def create_resources(settings, moto_url: str) -> dict:
     """Buckets, queues, table, sender identity: the definitions `provision` uses on AWS."""
-    from chalicelib.infra import ProvisionError, ensure_resources
-
     try:
         return ensure_resources(settings, endpoint_url=moto_url)
     except ProvisionError as exc:  # a bad name or setting in the stage's config: say which
@@ -387,7 +377,10 @@ class LocalStack:
         self.moto = MotoServer(HOST, args.moto_port)
         state.moto_url = self.moto.url
         log(f"moto listening on {self.moto.url}")
-        env = child_environment(args.stage, self.moto.url)
+        try:
+            env = child_environment(args.stage, self.moto.url)
+        except ProvisionError as exc:  # e.g. a --stage that .chalice/config.json does not define
+            raise StackFailed(str(exc)) from None
         env["LOCAL_RUN_PARENT_PID"] = str(os.getpid())
         # This process makes AWS calls too (resources, seeding): same dummy credentials + endpoint.
         for key in [k for k in os.environ if k.startswith("AWS_") and k not in env]:

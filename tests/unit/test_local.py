@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import local
+from chalicelib import infra, local
 from tests.audio import decoded_duration
 
 CONFIG = {
@@ -32,11 +32,23 @@ def project(tmp_path):
 
 
 def test_stage_environment_merges_top_level_then_stage(project):
-    env = local.stage_environment("dev", project)
+    config = project / ".chalice" / "config.json"
+    env = infra.stage_environment("dev", config)
     assert env == {"CACHE_PREFIX": "cache/", "WORK_DIR": "/var/dev", "ALLOW_LOOPBACK_URLS": "false",
                    "BUCKET_INPUT": "in-dev"}
-    assert local.stage_environment("prod", project)["WORK_DIR"] == "/tmp"
-    assert local.stage_environment("dev", project / "missing") == {}
+    assert infra.stage_environment("prod", config)["WORK_DIR"] == "/tmp"
+    with pytest.raises(infra.ProvisionError, match="stage 'nope' is not in"):
+        local.child_environment("nope", "http://x", {}, project)
+
+
+def test_a_stage_missing_from_the_config_stops_the_stack_with_the_reason(tmp_path):
+    stack = local.LocalStack(local.parse_args(["--stage", "nope", "--port", "0", "--moto-port", "0",
+                                               "--state-dir", str(tmp_path)]))
+    try:
+        with pytest.raises(local.StackFailed, match=r"stage 'nope' is not in .*\(have: dev, "):
+            stack.start()
+    finally:
+        stack.stop()
 
 
 def test_child_environment_precedence_and_forced_aws(project):
