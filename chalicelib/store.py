@@ -163,8 +163,8 @@ class Store:
     def upload(self, path: Path, bucket: str, key: str, *, content_type: str, filename: str,
                metadata: dict | None = None) -> None:
         """Write one object (single PUT, multipart above the threshold), with download headers."""
+        from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
-        from botocore.exceptions import ClientError
 
         extra = {
             "ContentType": content_type,
@@ -175,8 +175,9 @@ class Store:
         config = TransferConfig(multipart_threshold=self.multipart_threshold)
         try:
             self.s3.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
-        except ClientError as exc:
-            raise_if_transient(exc)
+        except S3UploadFailedError as exc:
+            # The managed upload wraps the ClientError (throttling, 5xx) it failed on; it is the context.
+            raise_if_transient(exc.__context__ or exc)
             raise
 
     def put_json(self, bucket: str, key: str, data: dict) -> None:

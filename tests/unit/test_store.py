@@ -121,3 +121,16 @@ def test_as_transient_classifies_botocore_errors():
     assert isinstance(as_transient(EndpointConnectionError(endpoint_url="http://x")), TransientError)
     assert as_transient(_client_error("AccessDenied", 403)) is None
     assert as_transient(ValueError("x")) is None
+
+
+def test_throttled_upload_is_transient(s3, tmp_path):
+    # boto3's managed upload wraps the ClientError in S3UploadFailedError; the throttling must still show.
+    src = tmp_path / "out.mp3"
+    src.write_bytes(b"\xff\xfb" * 100)
+
+    def slow_down(*_a, **_k):
+        raise _client_error("SlowDown", 503)
+
+    s3.put_object = slow_down  # the single PUT under upload_file
+    with pytest.raises(TransientError):
+        Store(s3).upload(src, BUCKET, "cache/k.mp3", content_type="audio/mpeg", filename="k.mp3")
