@@ -34,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chalicelib.config import Settings
 from chalicelib.infra import ProvisionError, ensure_resources, stage_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -392,16 +393,13 @@ class LocalStack:
 
         import boto3
 
-        from chalicelib.config import Settings
-
         self.settings = settings = Settings.from_env(env)
         resources = create_resources(settings, self.moto.url)
-        state.queue_url = resources.get("queue_url") or boto3.client("sqs").get_queue_url(
-            QueueName=settings.queue_name)["QueueUrl"]
+        state.queue_url = resources["queue_url"]
         state.webhook_secret = env["WEBHOOK_SECRET"]
         log(f"stage {args.stage}: buckets {settings.bucket_input}, {settings.bucket_output}; queue "
             f"{settings.queue_name} (DLQ {settings.dlq_name}); table {settings.jobs_table}; "
-            f"sender {settings.sender_email} {resources.get('sender_status', '')}".rstrip())
+            f"sender {settings.sender_email} {resources['sender_status']}")
         if not args.no_seed:
             state.samples = seed_samples(boto3.client("s3"), settings.bucket_input)
             log(f"seeded s3://{settings.bucket_input}/: {' '.join(state.samples)}")
