@@ -119,7 +119,7 @@ def queue_attributes(settings: Settings) -> dict[str, str]:
     }
 
 
-def dlq_attributes(settings: Settings) -> dict[str, str]:
+def dlq_attributes() -> dict[str, str]:
     return {
         "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
         "ContentBasedDeduplication": "false",
@@ -219,7 +219,7 @@ def _ensure_queue(sqs, name: str, attributes: dict[str, str]) -> tuple[str, str]
 
 def ensure_queues(sqs, settings: Settings) -> dict:
     """The FIFO DLQ, then the FIFO jobs queue redriving to it."""
-    dlq_url, dlq_arn = _ensure_queue(sqs, settings.dlq_name, dlq_attributes(settings))
+    dlq_url, dlq_arn = _ensure_queue(sqs, settings.dlq_name, dlq_attributes())
     attributes = dict(queue_attributes(settings))
     attributes["RedrivePolicy"] = json.dumps(redrive_policy(settings, dlq_arn))
     queue_url, queue_arn = _ensure_queue(sqs, settings.queue_name, attributes)
@@ -341,7 +341,7 @@ def cloudformation_template(settings: Settings, *, log_retention: bool = False, 
         }
     resources["JobsDeadLetterQueue"] = {
         "Type": "AWS::SQS::Queue",
-        "Properties": _cfn_queue_props(settings.dlq_name, dlq_attributes(settings)),
+        "Properties": _cfn_queue_props(settings.dlq_name, dlq_attributes()),
     }
     queue = _cfn_queue_props(settings.queue_name, queue_attributes(settings))
     queue["RedrivePolicy"] = redrive_policy(settings, {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]})
