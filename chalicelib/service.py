@@ -365,7 +365,7 @@ class StitchService:
         except Exception as exc:
             error = exc if isinstance(exc, StitchError) else as_transient(exc)
             if error is not None and error.permanent:
-                self._finish(claimed, FAILED, error=self._error_body(error))
+                self._finish(claimed, FAILED, error=error.to_dict())
                 return "failed", claimed.attempts
             reason = error.message if error is not None else f"internal error ({type(exc).__name__})"
             if error is None:
@@ -386,15 +386,6 @@ class StitchService:
                         job.job_id, job.attempts)
             return
         self.notify(done)
-
-    @staticmethod
-    def _error_body(error: StitchError) -> dict:
-        body = {"code": error.code, "message": error.message}
-        if error.part is not None:
-            body["part"] = error.part
-        if error.field is not None:
-            body["field"] = error.field
-        return body
 
     def _execute(self, job: Job) -> dict:
         """Identify URL parts, check the content cache, fetch what is missing, render, store."""
