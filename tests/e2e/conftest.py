@@ -172,8 +172,4 @@ def download_seconds(url: str, tmp_path: Path, suffix: str) -> float:
     assert reply.status == 200, reply.body[:300]
     src = tmp_path / f"download.{suffix}"
     src.write_bytes(reply.body)
-    return decoded_seconds(src)
-
-
-def decoded_seconds(path: Path) -> float:
-    return decoded_duration(path)
+    return decoded_duration(src)

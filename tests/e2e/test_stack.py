@@ -9,9 +9,9 @@ import time
 import pytest
 
 from chalicelib.options import ENGINE_VERSION
-from tests.audio import make_tone
+from tests.audio import decoded_duration, make_tone
 
-from .conftest import WEBHOOK_SECRET, decoded_seconds, download_seconds, http, wait_for_job
+from .conftest import WEBHOOK_SECRET, download_seconds, http, wait_for_job
 
 pytestmark = pytest.mark.usefixtures("show_log_on_failure")
 
@@ -167,7 +167,7 @@ def test_webhook_is_delivered_signed_and_email_sent(stack, tmp_path):
     assert "http://127.0.0.1" in emails[-1]["body"]  # the download link
     out = tmp_path / "joined.ogg"
     out.write_bytes(http("GET", job["result"]["public_url"]).body)
-    assert decoded_seconds(out) == pytest.approx(2.5, abs=2 * MP3_SLACK)
+    assert decoded_duration(out) == pytest.approx(2.5, abs=2 * MP3_SLACK)
 
 
 def _emails_to(stack, address: str) -> list[dict]:
