@@ -54,14 +54,21 @@ class ObjectInfo:
 
 def as_transient(exc: BaseException) -> TransientError | None:
     """A TransientError for throttling/5xx/network failures from botocore, else None."""
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+    )
 
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if err.get("Code") in _TRANSIENT_CODES or status >= 500:
             return TransientError(f"AWS is throttling or unavailable ({err.get('Code')}): {err.get('Message')}")
-    elif isinstance(exc, (ConnectionError, ReadTimeoutError)):
+    elif isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)):
+        # HTTPClientError: read timeouts, a connection closed mid-response, a download stream cut off.
         return TransientError(f"network error talking to AWS: {exc}")
     elif isinstance(exc, BotoCoreError) and "timeout" in str(exc).lower():
         return TransientError(f"timeout talking to AWS: {exc}")

@@ -8,7 +8,13 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 from moto import mock_aws
 
 from chalicelib.errors import TransientError
@@ -119,6 +125,9 @@ def test_as_transient_classifies_botocore_errors():
     assert isinstance(as_transient(_client_error("ProvisionedThroughputExceededException", 400)), TransientError)
     assert isinstance(as_transient(_client_error("InternalError", 500)), TransientError)
     assert isinstance(as_transient(EndpointConnectionError(endpoint_url="http://x")), TransientError)
+    assert isinstance(as_transient(ReadTimeoutError(endpoint_url="http://x")), TransientError)
+    assert isinstance(as_transient(ConnectionClosedError(endpoint_url="http://x")), TransientError)
+    assert isinstance(as_transient(ResponseStreamingError(error="reset")), TransientError)
     assert as_transient(_client_error("AccessDenied", 403)) is None
     assert as_transient(ValueError("x")) is None
 
