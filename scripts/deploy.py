@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import vendor_ffmpeg  # noqa: E402 - scripts/ is sys.path[0] when this file runs
+
 from chalicelib import infra  # noqa: E402
 
 CHALICE_DIR = ROOT / ".chalice"
@@ -243,11 +245,9 @@ def check_zip(zip_path: Path) -> list[str]:
                 # zipfile drops mode bits on extract; apply the ones stored in the zip.
                 os.chmod(exe, mode)
                 try:
-                    proc = subprocess.run([str(exe), "-version"], capture_output=True, text=True, timeout=60)
-                    if proc.returncode != 0 or not proc.stdout.startswith("ffmpeg version"):
-                        problems.append(f"zip: bin/ffmpeg -version failed: {proc.stderr[-300:]}")
-                except OSError as exc:
-                    problems.append(f"zip: bin/ffmpeg does not run: {exc}")
+                    vendor_ffmpeg.verify(exe)
+                except SystemExit as exc:
+                    problems.append(f"zip: bin/ffmpeg: {str(exc).removeprefix('vendor: ')}")
         dists = _dist_infos(list(infos))
         for dist, version in runtime_requirements().items():
             if dist not in dists:
