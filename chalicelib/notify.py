@@ -123,6 +123,8 @@ class Notifier:
                 # The guard refused the address it was about to dial: asking again won't change that.
                 retry = not isinstance(cause, RefusedConnection)
                 reason = str(cause)
+            except ValueError as exc:  # a URL http.client cannot send (a non-ASCII path): no retry helps
+                retry, reason = False, str(exc)
             log.warning("webhook job=%s attempt %d/%d failed: %s", job.get("job_id"), attempt, attempts, reason)
             if not retry:
                 return False

@@ -68,6 +68,13 @@ def test_webhook_to_a_refused_address_is_never_sent():
     assert rx.requests == []
 
 
+def test_webhook_url_http_client_cannot_send_fails_without_raising():
+    with Receiver() as rx:
+        n = notifier()
+        assert n.webhook(rx.url + "/caf\u00e9", JOB) is False  # the request line must be ASCII
+    assert rx.requests == [] and n.sleeps == []
+
+
 def test_webhook_to_a_closed_port_fails_after_retries():
     with Receiver() as rx:
         url = rx.url
