@@ -13,8 +13,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -64,7 +64,8 @@ def output_channels(options: Options, infos: list[AudioInfo]) -> int:
 _INTEGRATED = re.compile(r"Integrated loudness:\s*\n\s*I:\s*(-?[\d.]+|-inf) LUFS")
 
 
-def measure_loudness(info: AudioInfo, start_s: float, duration_s: float) -> float:
+def measure_loudness(info: AudioInfo, start_s: float, duration_s: float,
+                     children: _Children | None = None) -> float:
     """Integrated loudness (LUFS) of a part's span: a decode-only ebur128 pass, nothing written."""
     cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-vn", "-sn", "-dn"]
     if start_s:
@@ -72,8 +73,8 @@ def measure_loudness(info: AudioInfo, start_s: float, duration_s: float) -> floa
     cmd += ["-t", f"{duration_s:.6f}", "-i", str(info.path), "-map", "0:a:0",
             "-af", "ebur128=framelog=verbose:metadata=0", "-f", "null", "-"]
     # framelog=verbose prints the summary at info level; the per-frame log goes to verbose only.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, errors="replace")
+    proc = (children or _Children()).popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           stdin=subprocess.DEVNULL, text=True, errors="replace")
     with contextlib.suppress(OSError):
         # Measuring only has to stay ahead of the encoder, which is the critical path: on a
         # busy machine the encoder gets the CPU first.
@@ -86,12 +87,58 @@ def measure_loudness(info: AudioInfo, start_s: float, duration_s: float) -> floa
     return float("-inf") if value == "-inf" else float(value)
 
 
-def loudness_gains(segments: list[Segment], target_lufs: float) -> list[float]:
-    """Gain (dB) that brings each segment to ``target_lufs``; measured in parallel."""
+class _Children:
+    """Processes started from several threads; ``kill()`` ends those running and refuses new ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: list[subprocess.Popen] = []
+        self._killed = False
+
+    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        with self._lock:
+            if self._killed:
+                raise StitchError("stopped: the job failed")
+            proc = subprocess.Popen(cmd, **kwargs)
+            self._procs.append(proc)
+            return proc
+
+    def kill(self) -> None:
+        with self._lock:
+            self._killed = True
+            for proc in self._procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()  # a no-op once the process has been waited for
+
+
+@contextlib.contextmanager
+def _measuring(segments: list[Segment]) -> Iterator[list[Future]]:
+    """Every segment's loudness, measured in parallel: yields the futures in segment order.
+
+    Leaving by an exception kills the measurements in flight and skips those not started,
+    so a failed job does not wait for (possibly long) measurements nobody will read.
+    """
+    children = _Children()
     workers = max(1, min(len(segments), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        levels = list(pool.map(lambda s: measure_loudness(s.info, s.start_s, s.duration_s), segments))
-    return [0.0 if level <= _SILENCE_LUFS else target_lufs - level for level in levels]
+        levels = [pool.submit(measure_loudness, s.info, s.start_s, s.duration_s, children) for s in segments]
+        try:
+            yield levels
+        except BaseException:
+            for f in levels:
+                f.cancel()
+            children.kill()
+            raise
+
+
+def _matching_gain(level: float, target_lufs: float) -> float:
+    return 0.0 if level <= _SILENCE_LUFS else target_lufs - level
+
+
+def loudness_gains(segments: list[Segment], target_lufs: float) -> list[float]:
+    """Gain (dB) that brings each segment to ``target_lufs``; measured in parallel."""
+    with _measuring(segments) as levels:
+        return [_matching_gain(f.result(), target_lufs) for f in levels]
 
 
 def _fades(options: Options, total_s: float) -> list[str]:
@@ -251,19 +298,12 @@ def loudness_feed(segments: list[Segment], target_lufs: float, options: Options,
     last = len(segments) - 1
 
     def feed(sink: IO[bytes]) -> None:
-        workers = max(1, min(len(segments), os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            levels = [pool.submit(measure_loudness, s.info, s.start_s, s.duration_s) for s in segments]
-            try:
-                for i, s in enumerate(segments):
-                    level = levels[i].result()
-                    gain = s.gain_db + (0.0 if level <= _SILENCE_LUFS else target_lufs - level)
-                    _decode_into(sink, s, gain, rate, layout)
-                    if gap_bytes and i < last:
-                        _write_zeros(sink, gap_bytes)
-            finally:
-                for f in levels:
-                    f.cancel()
+        with _measuring(segments) as levels:
+            for i, s in enumerate(segments):
+                gain = s.gain_db + _matching_gain(levels[i].result(), target_lufs)
+                _decode_into(sink, s, gain, rate, layout)
+                if gap_bytes and i < last:
+                    _write_zeros(sink, gap_bytes)
 
     return feed
 

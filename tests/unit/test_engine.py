@@ -286,3 +286,45 @@ def test_plain_join_of_matching_parts_is_the_hand_written_command(clips, tmp_pat
     out = tmp_path / "o.mp3"
     stitch([PartInput(clips["mp3"]), PartInput(clips["m4a"])], out, Options.from_dict({"bitrate": "96k"}))
     assert decoded_duration(out) == pytest.approx(2.5, abs=0.06)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_failed_loudness_measurement_kills_the_others(clips, tmp_path, streamed):
+    """A part that cannot be measured ends the job at once: measurements still running (here one
+    that would wait forever on a FIFO nobody writes) are killed, not waited for."""
+    import os
+    import struct
+    import threading
+
+    from chalicelib.engine import encode
+    from chalicelib.engine.probe import AudioInfo
+
+    fmt = struct.pack("<HHIIHH", 0x1234, 1, 8000, 16000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 4096) + bytes(4096)
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    fifo = tmp_path / "never.wav"
+    os.mkfifo(fifo)
+    segments = [encode.Segment(AudioInfo(odd, 0.1, "pcm", 8000, 1, index=0), 0.0, 0.1, 0.0),
+                encode.Segment(AudioInfo(fifo, 60.0, "pcm", 44100, 2, index=1), 0.0, 60.0, 0.0)]
+    outcome = []
+
+    def run():
+        try:
+            if streamed:
+                with open(os.devnull, "wb") as sink:
+                    encode.loudness_feed(segments, -16, Options(), 44100, 2)(sink)
+            else:
+                encode.loudness_gains(segments, -16)
+        except UnsupportedAudio as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the measurement so the test run can end
+        with open(fifo, "wb"):
+            pass
+        worker.join(30)
+        pytest.fail("the failed measurement waited for the one still running")
+    assert [e.part for e in outcome] == [0]
