@@ -380,19 +380,6 @@ def scan(path: str | Path, head: Mp3Head | None = None) -> Mp3Scan:
         return Mp3Scan(path, header, audio_start, pos, frames, tag, variable, offsets)
 
 
-def looks_like_mp3(path: str | Path) -> bool:
-    """Cheap check: an ID3v2 tag or two consecutive frame headers at the start."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(10)
-            start = _id3v2_size(head)
-            size = os.fstat(f.fileno()).st_size
-            _first_frame(f, start, size)
-            return True
-    except (Mp3Error, OSError):
-        return False
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing: one Xing/Info + LAME tag frame, then every part's audio frames.
 
