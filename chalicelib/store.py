@@ -149,7 +149,8 @@ class Store:
         tmp = path.with_name(path.name + ".part")
         try:
             body = self.s3.get_object(**args)["Body"]
-            with open(tmp, "wb") as out:
+            # Closed on every way out: a failed write (a full /tmp) must not keep the connection.
+            with body, open(tmp, "wb") as out:
                 for chunk in body.iter_chunks(CHUNK_BYTES):
                     out.write(chunk)
         except ClientError as exc:
