@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -661,24 +660,15 @@ def offline_identity(url: str, settings: Settings) -> tuple[str, str]:
 
 
 def measure_seconds(path: Path) -> float | None:
-    """Duration of an audio file: mutagen's header read, else a decode through ffmpeg."""
+    """Duration of a downloaded file as the engine's probe reads it; None if it is not audio."""
+    from .engine.probe import probe
+
     try:
-        import mutagen
-
-        media = mutagen.File(str(path))
-        if media is not None and media.info and getattr(media.info, "length", 0) > 0:
-            return float(media.info.length)
-    except Exception:  # mutagen raises many types on odd files; ffmpeg is the fallback
-        log.debug("mutagen could not read %s", path, exc_info=True)
-    from .ffmpeg import ffmpeg_binary
-
-    proc = subprocess.run([ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path), "-vn",
-                           "-f", "null", "-"], capture_output=True, text=True, timeout=300)
-    times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", proc.stderr)
-    if proc.returncode != 0 or not times:
+        # walk=False: an MP3's duration from its header, as mutagen would; the engine walks the
+        # frames (and checks truncation) when it stitches the part.
+        return probe(path, walk=False).duration_s
+    except StitchError:
         return None
-    h, m, s = times[-1]
-    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 # --------------------------------------------------------------------------------------------
