@@ -35,7 +35,7 @@ DECODERS = {"mp3": "mp3", "wav": "pcm_s16le", "flac": "flac", "mp4": "aac", "ogg
 
 
 def decode_audio(path, fmt: str | None = None):
-    """Like ``decode`` but for any format: names the decoder so pydub never calls ffprobe."""
+    """Decode ``path`` with pydub (the reference decoder), naming the decoder so it never calls ffprobe."""
     from pydub import AudioSegment
 
     AudioSegment.converter = ffmpeg_binary()
