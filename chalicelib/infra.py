@@ -538,7 +538,8 @@ def stage_settings(stage: str, config_path: Path | str = CONFIG_PATH, region: st
     return Settings.from_env(env)
 
 
-def _region(explicit: str | None) -> str:
+def resolve_region(explicit: str | None = None) -> str:
+    """``explicit``, else the environment, else the AWS config (profile); ProvisionError if none."""
     region = explicit or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         try:
@@ -565,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
-        settings = stage_settings(args.stage, args.config, _region(args.region))
+        settings = stage_settings(args.stage, args.config, resolve_region(args.region))
         out = ensure_resources(settings, endpoint_url=args.endpoint_url)
     except ProvisionError as exc:
         print(f"provision: {exc}", file=sys.stderr)

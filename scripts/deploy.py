@@ -93,9 +93,9 @@ class CheckFailed(SystemExit):
 
 def _chalice_env() -> dict:
     env = dict(os.environ)
-    # `chalice package` insists on a region although the template it writes is region-neutral.
-    if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
-        env["AWS_DEFAULT_REGION"] = "us-east-1"
+    # `chalice package` insists on a region although the template it writes is region-neutral;
+    # botocore reads AWS_DEFAULT_REGION only.
+    env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION") or "us-east-1")
     return env
 
 
@@ -431,8 +431,13 @@ def ensure_api_key(stage: str, *, chalice_dir: Path = CHALICE_DIR, client=None) 
 
 def deploy(stage: str) -> int:
     """provision -> chalice deploy -> secret + /tmp size -> API key -> print the URL."""
-    if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
-        raise CheckFailed("deploy: no AWS region; export AWS_REGION (see docs/TROUBLESHOOTING.md)")
+    try:
+        region = infra.resolve_region()  # AWS_REGION, AWS_DEFAULT_REGION, then ~/.aws/config
+    except infra.ProvisionError as exc:
+        raise CheckFailed(f"deploy: {exc} (see docs/TROUBLESHOOTING.md)") from None
+    # botocore (chalice deploy, the boto3 clients below) reads only AWS_DEFAULT_REGION, provision
+    # AWS_REGION first: pin both, or an exported AWS_REGION would split the stack across regions.
+    os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = region
     if render(check_only=True):
         raise CheckFailed("deploy: generated .chalice files are stale; run `python scripts/deploy.py render`")
     sender = infra.stage_settings(stage).sender_email

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -106,11 +107,36 @@ def test_api_key_and_usage_plan_created_once(deployed):
     assert [k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plans[0]["id"])["items"]] == [first]
 
 
-def test_deploy_refuses_without_region(monkeypatch, capsys):
-    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(var, raising=False)
+def _region_env(monkeypatch, tmp_path, config_region: str | None = None, **env: str) -> None:
+    """Only ``env`` and an AWS config file naming ``config_region`` (if any) say where to deploy."""
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.setenv(var, "x")  # so that monkeypatch restores the variable deploy() sets
+        monkeypatch.delenv(var)
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\nregion = {config_region}\n" if config_region else "")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(deploy, "render", lambda check_only=False: 1)  # stop at the step after the region
+
+
+def test_deploy_refuses_without_region(monkeypatch, tmp_path):
+    _region_env(monkeypatch, tmp_path)
     with pytest.raises(SystemExit, match="no AWS region"):
         deploy.deploy("prod")
+
+
+@pytest.mark.parametrize("config_region, env", [
+    ("eu-west-1", {}),                                 # `aws configure set region`, as TROUBLESHOOTING says
+    ("us-east-1", {"AWS_REGION": "eu-west-1"}),        # `export AWS_REGION`, as docs/deploy.md says
+])
+def test_deploy_pins_one_region_for_every_step(monkeypatch, tmp_path, config_region, env):
+    _region_env(monkeypatch, tmp_path, config_region, **env)
+    with pytest.raises(SystemExit, match="generated .chalice files are stale"):
+        deploy.deploy("prod")
+    # provision reads AWS_REGION, chalice and boto3 AWS_DEFAULT_REGION: both must name the same region.
+    assert os.environ["AWS_REGION"] == os.environ["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert deploy._chalice_env()["AWS_DEFAULT_REGION"] == "eu-west-1"
 
 
 def _workflow():
@@ -148,6 +174,7 @@ def test_deploy_refuses_a_placeholder_sender(monkeypatch):
     from chalicelib.config import Settings
 
     monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)  # restored afterwards: deploy() pins both
     monkeypatch.setattr(infra, "stage_settings", lambda stage: Settings(stage=stage, sender_email="a@example.com"))
     monkeypatch.setattr(deploy, "render", lambda check_only=False: 0)
     # Refused before anything is provisioned.
