@@ -221,6 +221,8 @@ class GuardedConnector:
             raise RefusedConnection(exc.message) from None
         last_error: OSError | None = None
         for family, socktype, proto, _canon, sockaddr in answers:
+            if self.aborted:  # no further address once the deadline has fired
+                raise ConnectionAbortedError(self.aborted)
             sock = socket.socket(family, socktype, proto)
             try:
                 if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
@@ -228,17 +230,18 @@ class GuardedConnector:
                 if source_address:
                     sock.bind(source_address)
                 sock.connect(sockaddr)  # the checked address, never a second lookup
-                with self._lock:
-                    self.connections += 1
-                    self._open.add(sock)
-                    aborted = self.aborted
-                if aborted:  # abort() ran while we were connecting
-                    sock.close()
-                    raise ConnectionAbortedError(aborted)
-                return sock
             except OSError as exc:
                 sock.close()
                 last_error = exc
+                continue
+            with self._lock:
+                self.connections += 1
+                self._open.add(sock)
+                aborted = self.aborted
+            if aborted:  # abort() ran while we were connecting
+                sock.close()
+                raise ConnectionAbortedError(aborted)
+            return sock
         raise last_error or OSError(f"cannot connect to {host}:{port}")
 
 

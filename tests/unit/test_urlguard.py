@@ -265,6 +265,29 @@ def test_connector_abort_cuts_open_connections_and_refuses_new_ones():
         server.close()
 
 
+def test_connector_abort_during_connect_tries_no_further_address():
+    """A deadline that fires while connecting ends the call: the host's other addresses (each
+    worth a connect timeout) are not tried."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    connector = GuardedConnector(LOOPBACK_OK, resolver=fake_resolver({"multi.example": ["127.0.0.1"] * 3}))
+
+    class AbortWhenConnected:  # the lock taken right after connect(): abort() "ran meanwhile"
+        def __enter__(self):
+            connector.aborted = "deadline of 1 s reached"
+
+        def __exit__(self, *exc):
+            return False
+
+    connector._lock = AbortWhenConnected()
+    try:
+        with pytest.raises(ConnectionAbortedError, match="deadline"):
+            connector(("multi.example", port), 5)
+        assert connector.connections == 1
+    finally:
+        server.close()
+
+
 def test_connector_passes_a_temporary_dns_failure_through_unrecorded():
     def flaky(host, port, *args):
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
