@@ -176,7 +176,9 @@ def _encode(infos, parts, output: Path, options: Options, progress) -> Result:
             else:
                 enc.run_ffmpeg(enc.build_command(segments, options, rate, channels, total, tmp), total, progress)
         except StitchError as exc:
-            if isinstance(exc, (UnsupportedAudio, BadRequest)):
+            # Streamed parts are decoded by their own processes, which name a failing part
+            # themselves: an encoder fed raw PCM has no part to blame.
+            if streamed or isinstance(exc, (UnsupportedAudio, BadRequest)):
                 raise
             raise _blame(infos, exc) from None
         size = os.path.getsize(tmp)

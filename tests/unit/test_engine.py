@@ -328,3 +328,19 @@ def test_failed_loudness_measurement_kills_the_others(clips, tmp_path, streamed)
         worker.join(30)
         pytest.fail("the failed measurement waited for the one still running")
     assert [e.part for e in outcome] == [0]
+
+
+def test_streamed_encoder_failure_is_not_blamed_on_a_part(clips, tmp_path, monkeypatch):
+    """The loudness path's encoder reads raw PCM: its failure is reported as is, without
+    decoding every part again to find one to blame."""
+    from chalicelib.engine import encode
+    from chalicelib.errors import StitchError
+
+    real = encode.stream_command
+    monkeypatch.setattr(encode, "stream_command", lambda *a: [*real(*a)[:-1], "-no-such-option", "x"])
+    monkeypatch.setattr(encode, "decodes", lambda info: pytest.fail("a part was decoded to blame it"))
+    with pytest.raises(StitchError) as exc:
+        stitch([PartInput(clips["quiet"]), PartInput(clips["loud"])], tmp_path / "o.mp3",
+               Options.from_dict({"loudness_lufs": -16}))
+    assert type(exc.value) is StitchError and "ffmpeg failed" in exc.value.message
+    assert leftovers(tmp_path, set()) == []
