@@ -13,6 +13,7 @@ import hashlib
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,9 +72,12 @@ def _binary_from_wheel(version: str) -> Path:
             raise SystemExit(f"vendor: {wheels[0].name} holds no linux x86_64 ffmpeg")
         out = WHEEL_CACHE / Path(names[0]).name
         if not out.exists():
-            with zf.open(names[0]) as src, open(out, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+            # Extract beside it and rename: an interrupted extraction must not pass for the binary
+            # next time (off Linux x86_64 nothing runs it before it is vendored).
+            part = out.with_name(out.name + ".part")
+            with zf.open(names[0]) as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(part, out)
     return out
 
 
@@ -114,8 +118,7 @@ def vendor(dest: Path = DEST, *, from_wheel: bool = False) -> Path:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".ffmpeg.")
         try:
             with os.fdopen(fd, "wb") as dst, open(source, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst, 1 << 20)
             os.chmod(tmp, 0o755)
             os.replace(tmp, dest)
         except BaseException:

@@ -176,3 +176,22 @@ def test_vendor_is_idempotent_and_executable(tmp_path):
     assert dest.stat().st_mtime_ns == first  # not copied again
     assert vendor_ffmpeg.is_linux_x86_64(dest)
     assert vendor_ffmpeg.verify(dest).startswith("ffmpeg version")
+
+
+def test_an_interrupted_wheel_extraction_is_not_taken_for_the_binary(tmp_path, monkeypatch):
+    monkeypatch.setattr(vendor_ffmpeg, "WHEEL_CACHE", tmp_path)
+    binary = b"\x7fELF" + bytes(range(256)) * 64
+    with zipfile.ZipFile(tmp_path / "imageio_ffmpeg-9.9-py3-none-manylinux2014_x86_64.whl", "w") as zf:
+        zf.writestr("imageio_ffmpeg/binaries/ffmpeg-linux-x86_64-v9", binary)
+    real_copy = shutil.copyfileobj
+
+    def interrupted(src, dst, length=0):
+        dst.write(src.read(100))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfileobj", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vendor_ffmpeg._binary_from_wheel("9.9")
+    assert not (tmp_path / "ffmpeg-linux-x86_64-v9").exists()
+    monkeypatch.setattr(shutil, "copyfileobj", real_copy)
+    assert vendor_ffmpeg._binary_from_wheel("9.9").read_bytes() == binary
