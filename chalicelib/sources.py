@@ -36,7 +36,7 @@ from .errors import (
     UnsupportedAudio,
     part_label,
 )
-from .urlguard import GuardedConnector, RefusedConnection, check_url
+from .urlguard import GuardedConnector, RefusedConnection, check_url, url_refusal
 
 log = logging.getLogger(__name__)
 
@@ -554,11 +554,9 @@ def check_info(info: dict, url: str, *, index: int, settings: Settings) -> Sourc
 def _refuse_unsafe(url: str, *, index: int, settings: Settings) -> tuple[str, str]:
     """Up-front refusals (SSRF rule, extractor allow-list); returns the offline identity."""
     label = _label(index, url)
-    try:
-        check_url(url, settings, field=f"message_parts[{index}].url")
-    except SourceRefused as exc:
-        reason = exc.message[len(url) + 2:] if exc.message.startswith(f"{url}: ") else exc.message
-        raise SourceRefused(f"{label}: {reason}", part=index) from None
+    reason = url_refusal(url, settings)
+    if reason:
+        raise SourceRefused(f"{label}: {reason}", part=index)
     extractor, video_id = offline_identity(url, settings)
     if extractor not in {a.lower() for a in settings.allowed_extractors}:
         raise SourceRefused(f"{label}: no allowed extractor handles this URL "

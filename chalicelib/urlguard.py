@@ -132,10 +132,19 @@ def check_url(url: str, settings: Settings, *, field: str,
     (loopback only with ``settings.allow_loopback_urls``). ``resolver`` has getaddrinfo's
     signature (default ``socket.getaddrinfo``); tests inject a fake one so no DNS lookup happens.
     """
+    reason = url_refusal(url, settings, resolver=resolver)
+    if reason:
+        raise SourceRefused(f"{_short(url)}: {reason}", field=field)
+
+
+def url_refusal(url: str, settings: Settings, *, resolver: Resolver | None = None) -> str | None:
+    """Why ``url`` must not be fetched (``check_url``'s rules), or None; for callers that name
+    the URL their own way."""
     try:
         _check_url(url, settings, resolver)
     except SourceRefused as exc:
-        raise SourceRefused(f"{_short(url)}: {exc.message}", field=field) from None
+        return exc.message
+    return None
 
 
 def _short(url: str, limit: int = 200) -> str:

@@ -240,6 +240,16 @@ def test_refused_up_front_without_any_request(server, tmp_path, s3, connects):
     assert len(server.requests) == before and connects == []
 
 
+def test_refusal_of_a_long_url_names_it_once(tmp_path, s3, connects):
+    strict = Settings(bucket_input=BUCKET, work_dir=str(tmp_path / "work"))
+    url = "http://127.0.0.1/" + "a" * 300 + ".mp3"
+    with pytest.raises(SourceRefused) as info:
+        fetch(url, tmp_path, strict, s3, index=2)
+    assert info.value.part == 2 and info.value.message.count("http://") == 1
+    assert info.value.message.endswith("...): 127.0.0.1 is a loopback address")
+    assert connects == []
+
+
 def test_dns_rebinding_is_caught_at_connect(server, tmp_path, settings, s3, connects, monkeypatch):
     """The name passes the up-front check, then resolves to a private address: never dialled."""
     answers = iter([["127.0.0.1"]])
