@@ -66,6 +66,16 @@ def log(line: str) -> None:
 
 # --- environment ---------------------------------------------------------------------------------
 
+def loopback_no_proxy(env) -> dict[str, str]:
+    """NO_PROXY/no_proxy with the loopback names added: with http_proxy set and no exception,
+    boto3's calls to moto and the readiness checks would go to the proxy and never arrive."""
+    current = env.get("NO_PROXY") or env.get("no_proxy") or ""
+    names = [n for n in current.split(",") if n.strip()]
+    names += [n for n in ("127.0.0.1", "localhost") if n not in names]
+    value = ",".join(names)
+    return {"NO_PROXY": value, "no_proxy": value}
+
+
 def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = None,
                       project_dir: Path = PROJECT_ROOT) -> dict[str, str]:
     """The environment of every child: stage config < local overrides < what the caller exported.
@@ -103,6 +113,7 @@ def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = N
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "PYTHONUNBUFFERED": "1",
     })
+    env.update(loopback_no_proxy(env))
     # Let `python -m chalicelib.localworker` resolve from any cwd.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_dir), base.get("PYTHONPATH", "")) if p)
     return env
@@ -458,6 +469,7 @@ class LocalStack:
 def main(argv: list[str] | None = None) -> int:
     """Run the local stack until Ctrl-C/SIGTERM; 0 on a clean stop, 1 if it could not start or a child died."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.update(loopback_no_proxy(os.environ))
     if args.exit_with_parent:
         from chalicelib.localworker import die_with_parent
 

@@ -71,6 +71,17 @@ def test_child_environment_precedence_and_forced_aws(project):
     assert kept["WEBHOOK_SECRET"] == "s3cret" and kept["ALLOW_LOOPBACK_URLS"] == "0"
 
 
+def test_loopback_bypasses_a_configured_proxy(project):
+    import urllib.request
+
+    base = {"http_proxy": "http://proxy.corp:3128", "NO_PROXY": "corp.example"}
+    env = local.child_environment("dev", "http://127.0.0.1:4999", base, project)
+    assert env["NO_PROXY"] == env["no_proxy"] == "corp.example,127.0.0.1,localhost"
+    proxies = {"http": base["http_proxy"], "no": env["NO_PROXY"]}
+    assert urllib.request.proxy_bypass_environment("127.0.0.1", proxies)
+    assert not urllib.request.proxy_bypass_environment("example.org", proxies)
+
+
 def test_second_instance_is_refused_with_the_running_ones_urls(tmp_path):
     held = local.acquire_lock(tmp_path)
     try:
