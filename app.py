@@ -27,7 +27,8 @@ if not logging.getLogger().handlers and not _lib_log.handlers:
     for _handler in app.log.handlers:
         _lib_log.addHandler(_handler)
 
-_REQUIRE_API_KEY = os.environ.get("REQUIRE_API_KEY", "false") == "true"
+# Read when Chalice loads the app, with the stage's environment (deploy, package and local alike).
+_REQUIRE_API_KEY = Settings.from_env().require_api_key
 _service = None
 
 

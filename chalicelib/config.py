@@ -53,6 +53,8 @@ class Settings:
     # (the local stack and the tests serve audio and receive webhooks there).
     allow_loopback_urls: bool = False
     allowed_url_ports: tuple[int, ...] = ()
+    # POST routes need an API key (x-api-key); true in every deployed stage.
+    require_api_key: bool = False
     work_dir: str = "/tmp"
     worker_timeout_seconds: int = 900
     aws_region: str = field(default="us-east-1")

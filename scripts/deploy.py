@@ -62,7 +62,7 @@ def rendered_files() -> dict[Path, str]:
         template = infra.cloudformation_template(
             settings,
             log_retention="log_retention_in_days" in stage_config(stage),
-            api_key=infra.stage_environment(stage).get("REQUIRE_API_KEY") == "true",
+            api_key=settings.require_api_key,
         )
         out[resources_path(stage)] = _dump(template)
         out[policy_path(stage)] = _dump(infra.iam_policy(settings))
@@ -453,7 +453,7 @@ def deploy(stage: str) -> int:
     if not secret:
         print("deploy: WARNING: WEBHOOK_SECRET is not set; webhooks cannot be signed (docs/deploy.md)")
     configure_functions(stage, secret)
-    if infra.stage_environment(stage).get("REQUIRE_API_KEY") == "true":
+    if infra.stage_settings(stage).require_api_key:
         key_id = ensure_api_key(stage)
         print(f"deploy: API key id {key_id}; value: aws apigateway get-api-key --api-key {key_id} "
               "--include-value --query value --output text")

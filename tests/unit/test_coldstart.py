@@ -40,6 +40,7 @@ def test_post_routes_require_an_api_key_only_when_configured():
     code = "out = {p: r['POST'].api_key_required for p, r in app.app.routes.items() if 'POST' in r}"
     assert _import_app(code=code)["out"] == {"/stitch": False, "/uploads": False}
     assert _import_app({"REQUIRE_API_KEY": "true"}, code)["out"] == {"/stitch": True, "/uploads": True}
+    assert _import_app({"REQUIRE_API_KEY": "1"}, code)["out"] == {"/stitch": True, "/uploads": True}
 
 
 def test_sqs_handler_binds_the_configured_queue():
