@@ -118,18 +118,26 @@ def _probe_mutagen(path: Path, index: int, name: str | None) -> AudioInfo | None
 _STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2}
+PROBE_TIMEOUT_S = 60
+DECODE_TIMEOUT_S = 600
 
 
-def _probe_ffmpeg(path: Path, index: int, name: str | None, label: str) -> AudioInfo:
-    """Ask ffmpeg itself (``ffmpeg -i`` prints the stream list, then complains there is no output)."""
+def _ffmpeg(args: list[str], label: str, index: int, timeout: float):
+    """Run ffmpeg on one part; a part that keeps it busy past ``timeout`` is unusable, not a retry."""
     import subprocess  # here, not at the top: an MP3 copy join never starts a process
 
     from ..ffmpeg import ffmpeg_binary
 
-    proc = subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
-        capture_output=True, text=True, errors="replace", timeout=60,
-    )
+    try:
+        return subprocess.run([ffmpeg_binary(), "-hide_banner", "-nostdin", *args],
+                              capture_output=True, text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UnsupportedAudio(f"{label}: ffmpeg could not read it within {timeout:g} s", part=index) from None
+
+
+def _probe_ffmpeg(path: Path, index: int, name: str | None, label: str) -> AudioInfo:
+    """Ask ffmpeg itself (``ffmpeg -i`` prints the stream list, then complains there is no output)."""
+    proc = _ffmpeg(["-i", str(path)], label, index, PROBE_TIMEOUT_S)
     text = proc.stderr
     m = _STREAM.search(text)
     if not m:
@@ -154,15 +162,8 @@ _OUT_TIME = re.compile(r"out_time_us=(\d+)")
 
 def _decoded_duration(path: Path, label: str, index: int) -> float:
     """Decode once (no output) when the container states no duration, e.g. raw ADTS."""
-    import subprocess
-
-    from ..ffmpeg import ffmpeg_binary
-
-    proc = subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
-         "-f", "null", "-progress", "pipe:1", "-"],
-        capture_output=True, text=True, errors="replace", timeout=600,
-    )
+    proc = _ffmpeg(["-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "null", "-progress", "pipe:1", "-"],
+                   label, index, DECODE_TIMEOUT_S)
     times = _OUT_TIME.findall(proc.stdout)
     if proc.returncode != 0 or not times:
         raise UnsupportedAudio(f"{label}: cannot be decoded", part=index)

@@ -344,3 +344,19 @@ def test_streamed_encoder_failure_is_not_blamed_on_a_part(clips, tmp_path, monke
                Options.from_dict({"loudness_lufs": -16}))
     assert type(exc.value) is StitchError and "ffmpeg failed" in exc.value.message
     assert leftovers(tmp_path, set()) == []
+
+
+def test_a_part_that_hangs_ffmpeg_is_unsupported_audio_not_a_crash(tmp_path, monkeypatch):
+    """ffmpeg blocks on a FIFO nobody writes to: the probe gives up with a typed, permanent error."""
+    import importlib
+    import os
+
+    probe_module = importlib.import_module("chalicelib.engine.probe")  # the module, not the function
+
+    fifo = tmp_path / "stuck.m4a"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(probe_module, "PROBE_TIMEOUT_S", 0.5)
+    with pytest.raises(UnsupportedAudio) as err:
+        probe_module._probe_ffmpeg(fifo, 2, "stuck.m4a", "part 2 (stuck.m4a)")
+    assert err.value.part == 2 and err.value.permanent
+    assert err.value.message == "part 2 (stuck.m4a): ffmpeg could not read it within 0.5 s"
