@@ -75,29 +75,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
         elif route.kind == "cut_off":
-            self.send_response(200)
-            self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
-            self.end_headers()
+            self._announce(route)
             if not head:
                 self.wfile.write(route.body[: route.send])
                 self.wfile.flush()
             self.close_connection = True
         elif route.kind == "stall":
-            self.send_response(200)
-            self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
-            self.end_headers()
+            self._announce(route)
             self.wfile.flush()
             if not head:
                 # Send nothing until the test closes the server: the client's read timeout fires.
                 owner._closing.wait()
             self.close_connection = True
         elif route.kind == "drip":
-            self.send_response(200)
-            self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
-            self.end_headers()
+            self._announce(route)
             if not head:
                 # One byte per interval: each read succeeds, so no socket timeout ever fires.
                 try:
@@ -124,6 +115,13 @@ class _Handler(BaseHTTPRequestHandler):
                 except (BrokenPipeError, ConnectionResetError):
                     pass
             self.close_connection = True
+
+    def _announce(self, route: Route) -> None:
+        """200 headers promising the whole body; what follows depends on the route's misbehaviour."""
+        self.send_response(200)
+        self.send_header("Content-Type", route.content_type)
+        self.send_header("Content-Length", str(len(route.body)))
+        self.end_headers()
 
     def _reply(self, status: int, body: bytes, content_type: str, *, head: bool):
         self.send_response(status)
