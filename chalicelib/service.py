@@ -70,9 +70,9 @@ def _copy_likely(spec: StitchSpec) -> bool:
         p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
 
 
-def _object_identity(ident: dict, key: str) -> tuple:
+def _object_identity(ident: dict) -> tuple:
     """Which stored bytes a bucket part reads (trim and gain aside)."""
-    return ident.get("bucket"), key, ident.get("etag"), ident.get("version_id")
+    return ident["bucket"], ident["key"], ident.get("etag"), ident.get("version_id")
 
 
 class ProgressReporter:
@@ -286,12 +286,12 @@ class StitchService:
         firsts: dict[tuple, object] = {}
         for p in spec.parts:
             if p.key is not None:
-                firsts.setdefault(_object_identity(identities[p.index], p.key), p)
+                firsts.setdefault(_object_identity(identities[p.index]), p)
         if not firsts:
             return {}
         with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(firsts))) as pool:
             got = dict(pool.map(one, firsts.values()))
-        return {p.index: got[firsts[_object_identity(identities[p.index], p.key)].index]
+        return {p.index: got[firsts[_object_identity(identities[p.index])].index]
                 for p in spec.parts if p.key is not None}
 
     def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path, progress) -> dict:
@@ -419,9 +419,7 @@ class StitchService:
     # -- notifications -----------------------------------------------------------------------------
     def notify(self, job: Job) -> None:
         """Tell every target about this run's outcome, each at most once (conditional markers)."""
-        if not job.finished or not (job.emails or job.webhooks):
-            return
-        pending = self._pending_targets(job)
+        pending = self._pending_targets(job) if job.finished else []
         if not pending:
             return
         view = self.job_view(job)
