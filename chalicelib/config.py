@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from pathlib import Path
+
+# The checkout (locally) or /var/task (on Lambda): where app.py, vendor/ and .chalice/ are.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bool(value: str) -> bool:

@@ -6,10 +6,11 @@ import shutil
 from functools import lru_cache
 from pathlib import Path
 
+from .config import PROJECT_ROOT
+
 # vendor/bin/ffmpeg beside app.py in the repo; Chalice packages vendor/ at the zip root, so on
 # Lambda the same file is /var/task/bin/ffmpeg.
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CANDIDATES = (_PROJECT_ROOT / "vendor" / "bin" / "ffmpeg", _PROJECT_ROOT / "bin" / "ffmpeg")
+CANDIDATES = (PROJECT_ROOT / "vendor" / "bin" / "ffmpeg", PROJECT_ROOT / "bin" / "ffmpeg")
 
 
 class FfmpegNotFound(RuntimeError):

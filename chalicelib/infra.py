@@ -18,14 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.config import Settings
+from chalicelib.config import PROJECT_ROOT, Settings
 
 # The DynamoDB attribute holding a job's expiry as epoch seconds; the table's TTL deletes the item.
 JOB_TTL_ATTRIBUTE = "expires_at_epoch"
 JOB_KEY_ATTRIBUTE = "job_id"
 
 APP_NAME = "audio-stitch"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = PROJECT_ROOT / ".chalice" / "config.json"
 
 # Lambda refuses an SQS event source whose visibility timeout is below the function timeout; the

@@ -34,10 +34,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chalicelib.config import Settings
+from chalicelib.config import PROJECT_ROOT, Settings
 from chalicelib.infra import ProvisionError, ensure_resources, stage_environment
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".chalice" / ".local-run"
 DEFAULT_API_PORT = 8000

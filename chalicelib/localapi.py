@@ -19,7 +19,8 @@ import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from chalicelib.localworker import PROJECT_ROOT, die_with_parent
+from chalicelib.config import PROJECT_ROOT
+from chalicelib.localworker import die_with_parent
 
 
 class _ParentEnvWins(MutableMapping):

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from chalicelib.config import PROJECT_ROOT
+
 # Lambda's long-poll maximum; a stop signal kills the process, so a long wait costs nothing.
 DEFAULT_WAIT_SECONDS = 20
 
