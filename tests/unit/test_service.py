@@ -6,10 +6,11 @@ import threading
 import pytest
 
 from chalicelib import service as service_mod
+from chalicelib.bootstrap import build_service
 from chalicelib.errors import NotFound, PartNotFound, TransientError, UnsupportedAudio
 from chalicelib.jobs import QUEUED, RUNNING
 from chalicelib.notify import verify
-from chalicelib.service import ProgressReporter, build_service
+from chalicelib.service import ProgressReporter
 from chalicelib.store import Store
 from tests.audio import decoded_duration
 from tests.unit.stitchenv import SECRET, Receiver, make_env
