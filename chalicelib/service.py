@@ -20,6 +20,7 @@ from .errors import BadRequest, NotFound, PartNotFound, StitchError, TransientEr
 from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
+from .results import StoredResult
 from .spec import (
     JOB_ID,
     StitchSpec,
@@ -37,26 +38,7 @@ log = logging.getLogger(__name__)
 DOWNLOAD_WORKERS = 8
 PROGRESS_INTERVAL_S = 2.0
 PROGRESS_STEP = 0.05
-MAX_PARTS_METADATA = 1500  # S3 user metadata is capped at 2 KB; longer part lists go to a sidecar
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-
-def _part_spans(result: dict) -> list[dict]:
-    # Milliseconds: what the cache object's metadata keeps, so a hit and a miss answer alike.
-    return [{"index": p["index"], "start_s": round(p["start_s"], 3), "end_s": round(p["end_s"], 3)}
-            for p in result["parts"]]
-
-
-def _encode_spans(parts: list[dict]) -> str:
-    return ",".join(f"{p['start_s']:.3f}-{p['end_s']:.3f}" for p in parts)
-
-
-def _decode_spans(text: str) -> list[dict]:
-    spans = []
-    for i, item in enumerate(filter(None, text.split(","))):
-        start, end = item.split("-")
-        spans.append({"index": i, "start_s": float(start), "end_s": float(end)})
-    return spans
 
 
 def _copy_likely(spec: StitchSpec) -> bool:
@@ -210,7 +192,7 @@ class StitchService:
         return [(k, t) for k, t in targets if notify_marker(job.run, job.status, k, t) not in job.notified]
 
     # -- cache ------------------------------------------------------------------------------------
-    def cached_result(self, key: str, options: Options) -> dict | None:
+    def cached_result(self, key: str, options: Options) -> StoredResult | None:
         """The stored result for ``key`` from one HEAD, or None (absent, or expiring before a link would)."""
         s = self.settings
         obj = output_key(s, key, options)
@@ -221,37 +203,27 @@ class StitchService:
             # Lifecycle will delete it while the link is still valid: treat as a miss and re-render
             # (the new PUT restarts the object's lifecycle clock).
             return None
-        meta = info.metadata
         try:
-            if meta.get("parts") == "sidecar":
-                sidecar = self.store.get_json(s.bucket_output, f"{obj}.json")
-                if sidecar is None:
-                    return None
-                parts = sidecar["parts"]
-            else:
-                parts = _decode_spans(meta.get("parts", ""))
-            return {"cache_key": key, "output_key": obj, "duration_s": float(meta["duration-s"]),
-                    "format": options.format, "size_bytes": info.size, "mode": meta.get("mode", ""),
-                    "parts": parts}
+            sidecar = (self.store.get_json(s.bucket_output, f"{obj}.json")
+                       if StoredResult.needs_sidecar(info.metadata) else None)
+            return StoredResult.from_metadata(key, obj, options.format, info.size, info.metadata, sidecar)
         except (KeyError, ValueError):
             log.warning("cache object %s has no usable metadata; re-rendering", obj)
             return None
 
-    def public_result(self, result: dict, *, cached: bool) -> dict:
+    def public_result(self, result: StoredResult, *, cached: bool) -> dict:
         """The 200 body: the result plus a freshly presigned link."""
         url, expires_at = self.store.presign_get(
-            self.settings.bucket_output, result["output_key"], self.settings.presign_ttl_seconds
+            self.settings.bucket_output, result.output_key, self.settings.presign_ttl_seconds
         )
-        return {"public_url": url, "cached": cached, "cache_key": result["cache_key"],
-                "duration_s": result["duration_s"], "format": result["format"], "size_bytes": result["size_bytes"],
-                "mode": result.get("mode", ""), "parts": _part_spans(result), "expires_at": expires_at}
+        return result.public(url=url, expires_at=expires_at, cached=cached)
 
     # -- rendering (inline and worker) --------------------------------------------------------------
     def _workdir(self, label: str) -> Path:
         Path(self.settings.work_dir).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"stitch-{label[:12]}-", dir=self.settings.work_dir))
 
-    def _render_inline(self, key: str, spec: StitchSpec, identities: list[dict]) -> dict:
+    def _render_inline(self, key: str, spec: StitchSpec, identities: list[dict]) -> StoredResult:
         workdir = self._workdir(key)
         try:
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
@@ -293,7 +265,8 @@ class StitchService:
         return {p.index: got[firsts[_object_identity(identities[p.index])].index]
                 for p in spec.parts if p.key is not None}
 
-    def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path, progress) -> dict:
+    def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path,
+                progress) -> StoredResult:
         """Run the engine over local files and store the result as the cache object (one write)."""
         from .engine import PartInput
 
@@ -302,22 +275,14 @@ class StitchService:
         inputs = [PartInput(path=paths[p.index], options=p.options, name=p.name) for p in spec.parts]
         output = workdir / f"output.{fmt.extension}"
         result = self.stitch(inputs, output, spec.options, progress=progress)
-        data = result.to_dict()
-        obj = output_key(s, key, spec.options)
-        spans = _part_spans(data)
-        encoded = _encode_spans(spans)
-        meta = {"duration-s": f"{data['duration_s']:.3f}", "mode": str(data.get("mode", "")),
-                "engine": ENGINE_VERSION}
-        if len(encoded) > MAX_PARTS_METADATA:
+        stored = StoredResult.from_engine(key, output_key(s, key, spec.options), result, output.stat().st_size)
+        sidecar = stored.sidecar()
+        if sidecar is not None:
             # Written first, so any reader that sees the audio object also finds its sidecar.
-            self.store.put_json(s.bucket_output, f"{obj}.json", {"parts": spans})
-            meta["parts"] = "sidecar"
-        else:
-            meta["parts"] = encoded
-        self.store.upload(output, s.bucket_output, obj, content_type=fmt.content_type,
-                          filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=meta)
-        return {"cache_key": key, "output_key": obj, "duration_s": round(data["duration_s"], 3), "format": fmt.name,
-                "size_bytes": output.stat().st_size, "mode": data.get("mode", ""), "parts": spans}
+            self.store.put_json(s.bucket_output, f"{stored.output_key}.json", sidecar)
+        self.store.upload(output, s.bucket_output, stored.output_key, content_type=fmt.content_type,
+                          filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=stored.metadata(ENGINE_VERSION))
+        return stored
 
     # -- the worker ------------------------------------------------------------------------------
     def run_job(self, job_id: str, *, receive_count: int = 1) -> str:
@@ -400,7 +365,7 @@ class StitchService:
             key = cache_key(identities, spec.options)
             hit = self.cached_result(key, spec.options)
             if hit is not None:
-                return {**hit, "cached": True}
+                return hit.to_record(cached=True)
             # Fetching is the first tenth of the progress bar, the engine the rest.
             fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1)
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
@@ -411,7 +376,7 @@ class StitchService:
                 fetching(n / len(url_parts))
             progress = ProgressReporter(self.jobs, job)
             progress(0.0)
-            return {**self._render(key, spec, paths, workdir, progress), "cached": False}
+            return self._render(key, spec, paths, workdir, progress).to_record(cached=False)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -434,7 +399,7 @@ class StitchService:
         """The job as the API shows it; a stored result comes with a fresh link, an expired one with none."""
         body = job.public()
         if job.result is not None:
-            result = self.public_result(job.result, cached=bool(job.result.get("cached", False)))
+            result = self.public_result(StoredResult.from_record(job.result), cached=bool(job.result.get("cached")))
             # Job records outlive cached results (JOB_TTL_DAYS > CACHE_TTL_DAYS): never hand out
             # a link to an object the lifecycle rule has already deleted.
             if self.store.head(self.settings.bucket_output, job.result["output_key"]) is None:

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from chalicelib import service as service_mod
+from chalicelib import results
 from chalicelib.bootstrap import build_service
 from chalicelib.errors import NotFound, PartNotFound, TransientError, UnsupportedAudio
 from chalicelib.jobs import QUEUED, RUNNING
@@ -373,7 +373,7 @@ def test_cache_object_without_metadata_is_rendered_again(env):
 
 
 def test_long_part_lists_keep_their_spans_in_a_sidecar(env, monkeypatch):
-    monkeypatch.setattr(service_mod, "MAX_PARTS_METADATA", 10)
+    monkeypatch.setattr(results, "MAX_PARTS_METADATA", 10)
     _ab(env)
     _, first = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
     sidecar = f"cache/{first['cache_key']}.mp3.json"
