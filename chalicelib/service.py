@@ -21,16 +21,7 @@ from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
 from .results import StoredResult
-from .spec import (
-    JOB_ID,
-    StitchSpec,
-    cache_key,
-    key_identity,
-    output_key,
-    parse_request,
-    source_identity,
-    url_identity,
-)
+from .spec import JOB_ID, PartIdentity, StitchSpec, cache_key, output_key, parse_request
 from .store import ObjectChanged, ObjectMissing, Store, as_transient
 
 log = logging.getLogger(__name__)
@@ -49,11 +40,6 @@ def _copy_likely(spec: StitchSpec) -> bool:
     o = spec.options
     return o.format == "mp3" and not o.needs_decode and all(
         p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
-
-
-def _object_identity(ident: dict) -> tuple:
-    """Which stored bytes a bucket part reads (trim and gain aside)."""
-    return ident["bucket"], ident["key"], ident.get("etag"), ident.get("version_id")
 
 
 class ProgressReporter:
@@ -129,8 +115,8 @@ class StitchService:
                 )
             by_index[part.index] = info
         identities = [
-            key_identity(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
-            if p.key is not None else url_identity(p)
+            PartIdentity.of_object(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
+            if p.key is not None else PartIdentity.of_url(p)
             for p in spec.parts
         ]
         key = cache_key(identities, spec.options)
@@ -144,14 +130,13 @@ class StitchService:
                 return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
         return 202, self._enqueue(key, spec, identities)
 
-    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[dict]) -> dict:
+    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> dict:
         """Create or join the job for this cache key, adding this request's notify targets."""
         request = {k: v for k, v in spec.to_dict().items() if k not in ("notify_email", "webhook_url", "async")}
         # URL parts get their identity from the worker (source id); storing the URL twice could push
         # a 100-part record past DynamoDB's 400 KB item limit.
         stored = {"request": request,
-                  "identities": [None if p.url is not None else ident for p, ident in zip(spec.parts, identities,
-                                                                                           strict=True)]}
+                  "identities": [ident.to_dict() if ident.settled else None for ident in identities]}
         emails = [spec.notify_email] if spec.notify_email else []
         webhooks = [spec.webhook_url] if spec.webhook_url else []
         created = self.jobs.create(job_id, stored)
@@ -223,7 +208,7 @@ class StitchService:
         Path(self.settings.work_dir).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"stitch-{label[:12]}-", dir=self.settings.work_dir))
 
-    def _render_inline(self, key: str, spec: StitchSpec, identities: list[dict]) -> StoredResult:
+    def _render_inline(self, key: str, spec: StitchSpec, identities: list[PartIdentity]) -> StoredResult:
         workdir = self._workdir(key)
         try:
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
@@ -231,7 +216,7 @@ class StitchService:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _download_keys(self, spec: StitchSpec, identities: list[dict], workdir: Path, *,
+    def _download_keys(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *,
                        changed_is_transient: bool) -> dict[int, Path]:
         """Download every bucket part concurrently, pinned to the ETag/VersionId in the cache key."""
         s = self.settings
@@ -241,8 +226,7 @@ class StitchService:
             target = workdir / f"part-{part.index:03d}{Path(part.key).suffix[:10]}"
             try:
                 return part.index, self.store.download(
-                    ident.get("bucket", s.bucket_input), part.key, target,
-                    etag=ident.get("etag"), version_id=ident.get("version_id"),
+                    ident.bucket or s.bucket_input, part.key, target, etag=ident.etag, version_id=ident.version_id,
                 )
             except ObjectMissing:
                 raise PartNotFound(f"{part_label(part.index, part.key)}: no such key in bucket "
@@ -257,12 +241,12 @@ class StitchService:
         firsts: dict[tuple, object] = {}
         for p in spec.parts:
             if p.key is not None:
-                firsts.setdefault(_object_identity(identities[p.index]), p)
+                firsts.setdefault(identities[p.index].object_ref, p)
         if not firsts:
             return {}
         with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(firsts))) as pool:
             got = dict(pool.map(one, firsts.values()))
-        return {p.index: got[firsts[_object_identity(identities[p.index])].index]
+        return {p.index: got[firsts[identities[p.index].object_ref].index]
                 for p in spec.parts if p.key is not None}
 
     def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path,
@@ -355,13 +339,13 @@ class StitchService:
         """Identify URL parts, check the content cache, fetch what is missing, render, store."""
         s = self.settings
         spec = StitchSpec.from_dict(job.spec["request"], s)
-        identities = list(job.spec["identities"])
+        identities = [PartIdentity.from_dict(i) if i is not None else None for i in job.spec["identities"]]
         workdir = self._workdir(job.job_id)
         try:
             url_parts = [p for p in spec.parts if p.url is not None]
             for p in url_parts:
                 info = self.sources.identify_url(p.url, index=p.index, settings=s)
-                identities[p.index] = source_identity(p, info.source_id)
+                identities[p.index] = PartIdentity.of_source(p, info.source_id)
             key = cache_key(identities, spec.options)
             hit = self.cached_result(key, spec.options)
             if hit is not None:
