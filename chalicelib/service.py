@@ -13,6 +13,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
@@ -40,6 +41,41 @@ def _copy_likely(spec: StitchSpec) -> bool:
     o = spec.options
     return o.format == "mp3" and not o.needs_decode and all(
         p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
+
+
+@dataclass(frozen=True)
+class Cached:
+    """Answered from the cache: the stored result, with a freshly presigned link."""
+
+    result: StoredResult
+    url: str
+    expires_at: str
+
+    def body(self) -> dict:
+        return self.result.public(url=self.url, expires_at=self.expires_at, cached=True)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Made during the request (small enough), and stored as the cache object."""
+
+    result: StoredResult
+    url: str
+    expires_at: str
+
+    def body(self) -> dict:
+        return self.result.public(url=self.url, expires_at=self.expires_at, cached=False)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Handed to the worker: a job, new or joined (``status`` is the job's, maybe already finished)."""
+
+    job_id: str
+    status: str = "queued"
+
+    def body(self) -> dict:
+        return {"job_id": self.job_id, "status": self.status, "status_url": f"/jobs/{self.job_id}"}
 
 
 class ProgressReporter:
@@ -99,8 +135,8 @@ class StitchService:
         return self._sources
 
     # -- POST /stitch ---------------------------------------------------------------------------
-    def submit(self, body: dict) -> tuple[int, dict]:
-        """Validate, then answer from the cache (200), render inline (200) or queue a job (202)."""
+    def submit(self, body: dict) -> Cached | Rendered | Queued:
+        """Validate, then answer from the cache, render inline or queue a job."""
         s = self.settings
         spec = parse_request(body, s)
         key_parts = [p for p in spec.parts if p.key is not None]
@@ -123,14 +159,15 @@ class StitchService:
         if not spec.has_urls:
             hit = self.cached_result(key, spec.options)
             if hit is not None:
-                return 200, self.public_result(hit, cached=True)
+                return Cached(hit, *self._link(hit))
             total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
             limit = s.inline_max_bytes if _copy_likely(spec) else min(s.inline_max_bytes, s.inline_encode_max_bytes)
             if not spec.force_async and total <= limit:
-                return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
-        return 202, self._enqueue(key, spec, identities)
+                rendered = self._render_inline(key, spec, identities)
+                return Rendered(rendered, *self._link(rendered))
+        return self._enqueue(key, spec, identities)
 
-    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> dict:
+    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> Queued:
         """Create or join the job for this cache key, adding this request's notify targets."""
         request = {k: v for k, v in spec.to_dict().items() if k not in ("notify_email", "webhook_url", "async")}
         # URL parts get their identity from the worker (source id); storing the URL twice could push
@@ -151,7 +188,7 @@ class StitchService:
             run = job.run
             if job.finished:
                 if self._reusable(job):
-                    return {"job_id": job_id, "status": job.status, "status_url": f"/jobs/{job_id}"}
+                    return Queued(job_id, job.status)
                 # Failed, or its result is gone, or someone new wants to hear: run it again. The
                 # requeue forgets the old run's targets (they were told); ours are added back below.
                 again = self.jobs.requeue(job)
@@ -161,7 +198,7 @@ class StitchService:
         # Sent on every submit while queued: FIFO deduplication drops the repeats, and a job whose
         # first send was lost (crash between put and send) gets its message after all.
         self.queue.send(job_id, run)
-        return {"job_id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}"}
+        return Queued(job_id)
 
     def _reusable(self, job: Job) -> bool:
         """A finished job that needs no new run: it succeeded, its result is still stored, and
@@ -196,12 +233,10 @@ class StitchService:
             log.warning("cache object %s has no usable metadata; re-rendering", obj)
             return None
 
-    def public_result(self, result: StoredResult, *, cached: bool) -> dict:
-        """The 200 body: the result plus a freshly presigned link."""
-        url, expires_at = self.store.presign_get(
-            self.settings.bucket_output, result.output_key, self.settings.presign_ttl_seconds
-        )
-        return result.public(url=url, expires_at=expires_at, cached=cached)
+    def _link(self, result: StoredResult) -> tuple[str, str]:
+        """A freshly presigned GET of the result, and when it expires."""
+        return self.store.presign_get(self.settings.bucket_output, result.output_key,
+                                      self.settings.presign_ttl_seconds)
 
     # -- rendering (inline and worker) --------------------------------------------------------------
     def _workdir(self, label: str) -> Path:
@@ -383,7 +418,9 @@ class StitchService:
         """The job as the API shows it; a stored result comes with a fresh link, an expired one with none."""
         body = job.public()
         if job.result is not None:
-            result = self.public_result(StoredResult.from_record(job.result), cached=bool(job.result.get("cached")))
+            stored = StoredResult.from_record(job.result)
+            url, expires_at = self._link(stored)
+            result = stored.public(url=url, expires_at=expires_at, cached=bool(job.result.get("cached")))
             # Job records outlive cached results (JOB_TTL_DAYS > CACHE_TTL_DAYS): never hand out
             # a link to an object the lifecycle rule has already deleted.
             if self.store.head(self.settings.bucket_output, job.result["output_key"]) is None:

@@ -10,7 +10,7 @@ from chalicelib.bootstrap import build_service
 from chalicelib.errors import NotFound, PartNotFound, TransientError, UnsupportedAudio
 from chalicelib.jobs import QUEUED, RUNNING
 from chalicelib.notify import verify
-from chalicelib.service import ProgressReporter
+from chalicelib.service import ProgressReporter, Queued
 from chalicelib.store import Store
 from tests.audio import decoded_duration
 from tests.unit.stitchenv import SECRET, Receiver, make_env
@@ -24,6 +24,12 @@ def env(tmp_path):
         yield make_env(tmp_path)
 
 
+def _submit(service, body):
+    """The outcome as (status, body), the status being the one app.py answers with."""
+    outcome = service.submit(body)
+    return (202 if isinstance(outcome, Queued) else 200), outcome.body()
+
+
 def _ab(env, a=1.0, b=1.5):
     env.put_tone("a.mp3", a, freq=440)
     env.put_tone("b.mp3", b, freq=660)
@@ -31,7 +37,7 @@ def _ab(env, a=1.0, b=1.5):
 
 def test_miss_renders_inline_then_the_same_request_is_a_cache_hit(env):
     _ab(env)
-    status, body = env.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
+    status, body = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"]})
     assert status == 200 and body["cached"] is False
     assert body["duration_s"] == pytest.approx(2.5, abs=0.1) and body["format"] == "mp3"
     assert [p["index"] for p in body["parts"]] == [0, 1]
@@ -44,7 +50,7 @@ def test_miss_renders_inline_then_the_same_request_is_a_cache_hit(env):
     assert decoded_duration(env.download_output(key, "out.mp3")) == pytest.approx(2.5, abs=0.1)
     assert env.work_dir_entries() == []  # the inline work dir is removed
 
-    status, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
+    status, hit = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"]})
     assert status == 200 and hit["cached"] is True and hit["cache_key"] == body["cache_key"]
     for name in ("size_bytes", "duration_s", "parts", "format", "mode"):
         assert hit[name] == body[name], name
@@ -53,19 +59,19 @@ def test_miss_renders_inline_then_the_same_request_is_a_cache_hit(env):
 
 def test_order_matters_and_a_replaced_input_changes_the_key(env):
     _ab(env)
-    _, ab = env.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
-    _, ba = env.service.submit({"message_parts": ["b.mp3", "a.mp3"]})
+    _, ab = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"]})
+    _, ba = _submit(env.service, {"message_parts": ["b.mp3", "a.mp3"]})
     assert ab["cache_key"] != ba["cache_key"] and ba["cached"] is False
     assert ba["parts"][0]["end_s"] == pytest.approx(1.5, abs=0.06)
     env.put_tone("a.mp3", 2.0, freq=550)  # same key, new content => new ETag
-    _, again = env.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
+    _, again = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"]})
     assert again["cached"] is False and again["cache_key"] != ab["cache_key"]
     assert again["duration_s"] == pytest.approx(3.5, abs=0.1)
 
 
 def test_trim_gain_and_format_reach_the_engine(env):
     env.put_tone("a.wav", 2.0, fmt="wav")
-    status, body = env.service.submit({"message_parts": [{"key": "a.wav", "start_s": 0.5, "end_s": 1.25,
+    status, body = _submit(env.service, {"message_parts": [{"key": "a.wav", "start_s": 0.5, "end_s": 1.25,
                                                           "gain_db": -6}], "format": "wav"})
     assert status == 200 and body["format"] == "wav"
     out = env.download_output(f"cache/{body['cache_key']}.wav", "t.wav")
@@ -75,7 +81,7 @@ def test_trim_gain_and_format_reach_the_engine(env):
 def test_missing_key_is_a_400_naming_the_part(env):
     env.put_tone("a.mp3", 0.5)
     with pytest.raises(PartNotFound) as info:
-        env.service.submit({"message_parts": ["a.mp3", "nope/missing.mp3"]})
+        _submit(env.service, {"message_parts": ["a.mp3", "nope/missing.mp3"]})
     assert info.value.part == 1 and info.value.status == 400 and "nope/missing.mp3" in info.value.message
 
 
@@ -83,7 +89,7 @@ def test_not_audio_inline_is_a_400_naming_the_part_and_writes_nothing(env):
     env.put_tone("a.mp3", 0.5)
     env.put_bytes("notes.txt", b"this is not audio at all\n" * 20)
     with pytest.raises(UnsupportedAudio) as info:
-        env.service.submit({"message_parts": ["a.mp3", "notes.txt"]})
+        _submit(env.service, {"message_parts": ["a.mp3", "notes.txt"]})
     assert info.value.part == 1 and info.value.status == 400
     assert env.s3.list_objects_v2(Bucket=env.settings.bucket_output).get("KeyCount") == 0
     assert env.work_dir_entries() == []
@@ -91,7 +97,7 @@ def test_not_audio_inline_is_a_400_naming_the_part_and_writes_nothing(env):
 
 def test_queued_job_runs_in_the_worker_and_then_serves_from_cache(env):
     _ab(env)
-    status, body = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True})
+    status, body = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "async": True})
     assert status == 202 and body["status"] == "queued" and body["status_url"] == f"/jobs/{body['job_id']}"
     assert env.service.job_status(body["job_id"])["status"] == "queued"
     [msg] = env.messages()
@@ -107,7 +113,7 @@ def test_queued_job_runs_in_the_worker_and_then_serves_from_cache(env):
     assert decoded_duration(out) == pytest.approx(2.5, abs=0.1)
     assert env.work_dir_entries() == []
 
-    status, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
+    status, hit = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"]})
     assert status == 200 and hit["cached"] is True and hit["cache_key"] == body["job_id"]
 
 
@@ -117,7 +123,7 @@ def test_inputs_over_the_inline_limit_are_queued(tmp_path):
     with mock_aws():
         e = make_env(tmp_path, inline_max_bytes=1000)
         _ab(e)
-        status, body = e.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
+        status, body = _submit(e.service, {"message_parts": ["a.mp3", "b.mp3"]})
         assert status == 202 and len(e.messages()) == 1
 
 
@@ -127,11 +133,11 @@ def test_work_that_needs_a_re_encode_has_a_smaller_inline_budget(tmp_path):
     with mock_aws():
         e = make_env(tmp_path, inline_max_bytes=10_000_000, inline_encode_max_bytes=10_000)
         _ab(e)  # ~40 KB of MP3
-        assert e.service.submit({"message_parts": ["a.mp3", "b.mp3"]})[0] == 200  # a frame-level copy
+        assert _submit(e.service, {"message_parts": ["a.mp3", "b.mp3"]})[0] == 200  # a frame-level copy
         for variant in ({"message_parts": ["a.mp3", "b.mp3"], "gap_ms": 100},
                         {"message_parts": ["a.mp3", {"key": "b.mp3", "end_s": 1}]},
                         {"message_parts": ["a.mp3", "b.mp3"], "format": "wav"}):
-            assert e.service.submit(variant)[0] == 202, variant
+            assert _submit(e.service, variant)[0] == 202, variant
 
 
 def test_identical_concurrent_requests_share_one_job_and_each_target_is_notified_once(env):
@@ -142,7 +148,7 @@ def test_identical_concurrent_requests_share_one_job_and_each_target_is_notified
 
     def submit(i):
         barrier.wait()
-        answers[i] = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True,
+        answers[i] = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "async": True,
                                          "notify_email": f"user{i}@example.com"})
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(n)]
@@ -173,7 +179,7 @@ def test_webhook_receives_the_signed_job_once(tmp_path):
     with mock_aws(), Receiver() as rx:
         e = make_env(tmp_path, allow_loopback_urls=True)
         _ab(e)
-        _, body = e.service.submit({"message_parts": ["a.mp3", "b.mp3"], "webhook_url": rx.url, "async": True})
+        _, body = _submit(e.service, {"message_parts": ["a.mp3", "b.mp3"], "webhook_url": rx.url, "async": True})
         assert e.service.run_job(body["job_id"]) == "succeeded"
         assert e.service.run_job(body["job_id"], receive_count=2) == "noop"
     [req] = rx.requests
@@ -186,7 +192,7 @@ def test_webhook_receives_the_signed_job_once(tmp_path):
 def test_permanent_failure_fails_the_job_at_once_and_notifies_the_reason(env):
     env.put_tone("a.mp3", 0.5)
     env.put_bytes("notes.txt", b"plain text, no audio\n" * 20)
-    _, body = env.service.submit({"message_parts": ["a.mp3", "notes.txt"], "async": True,
+    _, body = _submit(env.service, {"message_parts": ["a.mp3", "notes.txt"], "async": True,
                                   "notify_email": "me@example.com"})
     assert env.service.run_job(body["job_id"]) == "failed"  # no exception: SQS must not retry
     view = env.service.job_status(body["job_id"])
@@ -199,9 +205,9 @@ def test_permanent_failure_fails_the_job_at_once_and_notifies_the_reason(env):
 
 def test_resubmitting_a_failed_job_runs_it_again(env):
     env.put_bytes("bad.mp3", b"\x00" * 2000)
-    _, body = env.service.submit({"message_parts": ["bad.mp3"], "async": True, "notify_email": "a@example.com"})
+    _, body = _submit(env.service, {"message_parts": ["bad.mp3"], "async": True, "notify_email": "a@example.com"})
     assert env.service.run_job(body["job_id"]) == "failed"
-    _, again = env.service.submit({"message_parts": ["bad.mp3"], "async": True, "notify_email": "b@example.com"})
+    _, again = _submit(env.service, {"message_parts": ["bad.mp3"], "async": True, "notify_email": "b@example.com"})
     assert again["job_id"] == body["job_id"]
     job = env.service.jobs.get(body["job_id"])
     assert job.status == QUEUED and job.run == 2 and job.error is None
@@ -235,7 +241,7 @@ def _flaky_service(env, flaky):
 def test_transient_failure_raises_releases_the_job_and_the_retry_succeeds(env):
     _ab(env)
     svc = _flaky_service(env, Flaky(1))
-    _, body = svc.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True, "notify_email": "me@example.com"})
+    _, body = _submit(svc, {"message_parts": ["a.mp3", "b.mp3"], "async": True, "notify_email": "me@example.com"})
     with pytest.raises(TransientError):
         svc.run_job(body["job_id"], receive_count=1)
     job = svc.jobs.get(body["job_id"])
@@ -249,7 +255,7 @@ def test_transient_failure_raises_releases_the_job_and_the_retry_succeeds(env):
 def test_unexpected_errors_are_retried_like_transient_ones(env):
     _ab(env)
     svc = _flaky_service(env, Flaky(1, RuntimeError("bug")))
-    _, body = svc.submit({"message_parts": ["a.mp3"], "async": True})
+    _, body = _submit(svc, {"message_parts": ["a.mp3"], "async": True})
     with pytest.raises(RuntimeError):
         svc.run_job(body["job_id"])
     assert svc.jobs.get(body["job_id"]).status == QUEUED
@@ -258,7 +264,7 @@ def test_unexpected_errors_are_retried_like_transient_ones(env):
 def test_last_receive_marks_the_job_failed_then_lets_the_message_dead_letter(env):
     _ab(env)
     svc = _flaky_service(env, Flaky(99))
-    _, body = svc.submit({"message_parts": ["a.mp3"], "async": True, "notify_email": "me@example.com"})
+    _, body = _submit(svc, {"message_parts": ["a.mp3"], "async": True, "notify_email": "me@example.com"})
     last = env.settings.max_receive_count
     with pytest.raises(TransientError):
         svc.run_job(body["job_id"], receive_count=last)
@@ -271,7 +277,7 @@ def test_last_receive_marks_the_job_failed_then_lets_the_message_dead_letter(env
 
 def test_expired_lease_is_taken_over_but_a_live_one_is_not(env):
     _ab(env)
-    _, body = env.service.submit({"message_parts": ["a.mp3"], "async": True})
+    _, body = _submit(env.service, {"message_parts": ["a.mp3"], "async": True})
     job_id = body["job_id"]
     live = env.service.jobs.claim(job_id, lease_seconds=600)  # another worker is busy with it
     with pytest.raises(TransientError):
@@ -299,7 +305,7 @@ def test_url_parts_always_go_to_the_queue_and_the_worker_fetches_them(tmp_path):
         e.put_tone("a.mp3", 1.0)
         srv.add_file("/talk.mp3", make_tone(tmp_path / "talk.mp3", 1.5, freq=330).read_bytes())
         request = {"message_parts": ["a.mp3", {"url": srv.url("/talk.mp3"), "end_s": 1.0}]}
-        status, body = e.service.submit({**request, "notify_email": "first@example.com"})
+        status, body = _submit(e.service, {**request, "notify_email": "first@example.com"})
         assert status == 202  # even though it is small and not async
         assert e.service.run_job(body["job_id"]) == "succeeded"
         result = e.service.job_status(body["job_id"])["result"]
@@ -313,12 +319,12 @@ def test_url_parts_always_go_to_the_queue_and_the_worker_fetches_them(tmp_path):
         messages = len(e.messages())
 
         # Asked again: the finished job answers; nothing is queued or fetched.
-        status, again = e.service.submit(request)
+        status, again = _submit(e.service, request)
         assert (status, again["job_id"], again["status"]) == (202, body["job_id"], "succeeded")
         assert len(e.messages()) == messages
 
         # Asked again by someone new who wants an e-mail: a new run (served from the cache) tells only them.
-        _, third = e.service.submit({**request, "notify_email": "second@example.com"})
+        _, third = _submit(e.service, {**request, "notify_email": "second@example.com"})
         assert third["status"] == "queued" and e.service.jobs.get(body["job_id"]).run == 2
         assert e.service.run_job(body["job_id"]) == "succeeded"
         assert e.service.job_status(body["job_id"])["result"]["cached"] is True
@@ -334,7 +340,7 @@ def test_unreachable_url_part_fails_the_job_naming_the_part(tmp_path):
     with mock_aws(), LocalServer() as srv:
         e = make_env(tmp_path, allow_loopback_urls=True)
         e.put_tone("a.mp3", 0.5)
-        _, body = e.service.submit({"message_parts": ["a.mp3", {"url": srv.url("/missing.mp3")}]})
+        _, body = _submit(e.service, {"message_parts": ["a.mp3", {"url": srv.url("/missing.mp3")}]})
         assert e.service.run_job(body["job_id"]) == "failed"
         error = e.service.job_status(body["job_id"])["error"]
         assert error["part"] == 1 and error["message"]
@@ -354,31 +360,31 @@ class ExpiringStore(Store):
 
 def test_cache_object_expiring_before_the_link_would_is_a_miss(env):
     _ab(env)
-    _, first = env.service.submit({"message_parts": ["a.mp3"]})
+    _, first = _submit(env.service, {"message_parts": ["a.mp3"]})
     env.service.store = store = ExpiringStore(env.s3)
-    _, again = env.service.submit({"message_parts": ["a.mp3"]})
+    _, again = _submit(env.service, {"message_parts": ["a.mp3"]})
     assert again["cached"] is False and again["cache_key"] == first["cache_key"]
     store.expires_in = 10 * env.settings.presign_ttl_seconds  # on the instance: the class keeps its 60 s
-    _, third = env.service.submit({"message_parts": ["a.mp3"]})
+    _, third = _submit(env.service, {"message_parts": ["a.mp3"]})
     assert third["cached"] is True
 
 
 def test_cache_object_without_metadata_is_rendered_again(env):
     _ab(env)
-    _, first = env.service.submit({"message_parts": ["a.mp3"]})
+    _, first = _submit(env.service, {"message_parts": ["a.mp3"]})
     key = f"cache/{first['cache_key']}.mp3"
     env.s3.put_object(Bucket=env.settings.bucket_output, Key=key, Body=b"foreign object")
-    _, again = env.service.submit({"message_parts": ["a.mp3"]})
+    _, again = _submit(env.service, {"message_parts": ["a.mp3"]})
     assert again["cached"] is False and again["size_bytes"] == first["size_bytes"]
 
 
 def test_long_part_lists_keep_their_spans_in_a_sidecar(env, monkeypatch):
     monkeypatch.setattr(results, "MAX_PARTS_METADATA", 10)
     _ab(env)
-    _, first = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
+    _, first = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
     sidecar = f"cache/{first['cache_key']}.mp3.json"
     assert env.s3.head_object(Bucket=env.settings.bucket_output, Key=sidecar)["ContentLength"] > 0
-    _, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
+    _, hit = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
     assert hit["cached"] is True and hit["parts"] == first["parts"]
 
 
@@ -416,7 +422,7 @@ def test_create_upload_rejects_bad_filenames(env):
 
 def test_progress_reporter_throttles_writes(env):
     env.put_tone("a.mp3", 0.5)
-    _, body = env.service.submit({"message_parts": ["a.mp3"], "async": True})
+    _, body = _submit(env.service, {"message_parts": ["a.mp3"], "async": True})
     job = env.service.jobs.claim(body["job_id"], 600)
     now = [100.0]
     writes = []
@@ -457,7 +463,7 @@ class CountingStore(Store):
 def test_a_part_used_many_times_is_read_once(env):
     _ab(env, a=0.5, b=1.0)
     env.service.store = CountingStore(env.s3)
-    _, body = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3", {"key": "a.mp3", "gain_db": -6}]})
+    _, body = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3", "a.mp3", {"key": "a.mp3", "gain_db": -6}]})
     assert body["duration_s"] == pytest.approx(2.5, abs=0.1) and len(body["parts"]) == 4
     inputs = [k for k in env.service.store.heads if not k.startswith("cache/")]
     assert sorted(inputs) == ["a.mp3", "b.mp3"] and sorted(env.service.store.downloads) == ["a.mp3", "b.mp3"]
@@ -465,12 +471,12 @@ def test_a_part_used_many_times_is_read_once(env):
 
 def test_job_whose_result_expired_shows_no_link_and_a_resubmit_makes_it_again(env):
     _ab(env)
-    _, body = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True})
+    _, body = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "async": True})
     env.service.run_job(body["job_id"])
     env.s3.delete_object(Bucket=env.settings.bucket_output, Key=f"cache/{body['job_id']}.mp3")  # lifecycle
     result = env.service.job_status(body["job_id"])["result"]
     assert result["expired"] is True and result["public_url"] is None and result["duration_s"] > 0
-    status, again = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "async": True})
+    status, again = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "async": True})
     assert status == 202 and env.service.jobs.get(body["job_id"]).run == 2
     assert env.service.run_job(body["job_id"]) == "succeeded"
     assert env.service.job_status(body["job_id"])["result"]["public_url"]
@@ -478,9 +484,9 @@ def test_job_whose_result_expired_shows_no_link_and_a_resubmit_makes_it_again(en
 
 def test_a_cache_hit_builds_only_the_s3_client(env):
     _ab(env)
-    env.service.submit({"message_parts": ["a.mp3"]})
+    _submit(env.service, {"message_parts": ["a.mp3"]})
     fresh = build_service(env.settings)  # a cold API container
-    status, body = fresh.submit({"message_parts": ["a.mp3"]})
+    status, body = _submit(fresh, {"message_parts": ["a.mp3"]})
     assert status == 200 and body["cached"] is True
     assert fresh.store.s3._client is not None
     assert (fresh.jobs.db._client, fresh.queue.sqs._client, fresh.notifier.ses._client) == (None, None, None)
