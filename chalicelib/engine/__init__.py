@@ -136,9 +136,9 @@ class _NotClean(Exception):
 
 
 def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
-    def scan_part(i: int, head: mp3.Mp3Head) -> mp3.Mp3Scan:
+    def scan_part(i: int, head: mp3.Mp3Head, buf: bytearray) -> mp3.Mp3Scan:
         try:
-            return mp3.scan(head.path, head)
+            return mp3.scan(head.path, head, buf)
         except mp3.Mp3Truncated as exc:
             raise UnsupportedAudio(f"{infos[i].label}: {exc}", part=i) from None
         except mp3.Mp3Error:
