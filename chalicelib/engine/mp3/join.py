@@ -1,6 +1,7 @@
 """Join MP3 files frame by frame: every part's audio frames behind one new Xing/Info + LAME frame."""
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -50,7 +51,7 @@ def compatible(heads: list[Mp3Head] | list[Mp3Scan]) -> bool:
 def kept_padding(scans: list[Mp3Scan]) -> list[int]:
     """Samples of encoder padding and delay a frame join keeps at each join (parts without a
     LAME tag count 0: nothing says how much of them is padding)."""
-    return [a.encoder_padding + b.encoder_delay for a, b in zip(scans, scans[1:])]
+    return [a.encoder_padding + b.encoder_delay for a, b in itertools.pairwise(scans)]
 
 
 def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
