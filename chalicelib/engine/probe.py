@@ -4,7 +4,9 @@ No ffprobe (no wheel we can ship has it). Every failure becomes a typed error na
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,16 +43,17 @@ def probe(path, index: int = 0, name: str | None = None, *, walk: bool = True) -
     ``walk=False`` an MPEG file is judged by its first frames only (its duration is the header's
     estimate and truncation is not checked): the copy join walks the frames while copying.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     label = part_label(index, name or path.name)
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise PartNotFound(f"{label}: file not found", part=index) from None
     except OSError as exc:
         raise PartNotFound(f"{label}: cannot read file ({exc.strerror})", part=index) from None
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise PartNotFound(f"{label}: not a regular file", part=index)
+    size = st.st_size
     if size == 0:
         raise UnsupportedAudio(f"{label}: empty file", part=index)
 

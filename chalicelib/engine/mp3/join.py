@@ -85,16 +85,16 @@ class JoinInfo:
 
 
 def join(heads: list[Mp3Head], out_path: str | Path,
-         scan_part: Callable[[int, Mp3Head, bytearray], Mp3Scan] | None = None) -> JoinInfo:
+         scan_part: Callable[[int, Mp3Head, bytearray, int], Mp3Scan] | None = None) -> JoinInfo:
     """Write every part's audio frames, in order, behind one new Xing/Info + LAME tag frame.
 
-    ``scan_part(i, head, buf)`` walks part i with the read buffer ``buf`` (and may raise for a
-    bad part). Each part is walked while a thread copies it: the copy runs in the kernel, so the
-    two overlap on two cores.
+    ``scan_part(i, head, buf, fd)`` walks part i (open as ``fd``) with the read buffer ``buf``
+    (and may raise for a bad part). Each part is walked while a thread copies it: the copy runs
+    in the kernel, so the two overlap on two cores. Each part is opened once.
     """
     if not heads or not compatible(heads):
         raise ValueError("join needs at least one part and compatible streams")
-    scan_part = scan_part or (lambda _i, head, buf: scan(head.path, head, buf))
+    scan_part = scan_part or (lambda _i, head, buf, fd: scan(head.path, head, buf, fd))
     h = heads[0].header
     spf = h.samples
     _, tag_size = tag_frame_header(h)
@@ -113,8 +113,13 @@ def join(heads: list[Mp3Head], out_path: str | Path,
                 # Copy optimistically up to the trailing tags while the walk runs; if the walk
                 # finds the frames end earlier (stray bytes), the next part's copy overwrites
                 # the excess (copies run in order) and the final truncate cuts it off.
-                copier.put(head.path, dst_fd, head.audio_start, at, head.end_limit - head.audio_start)
-                s = scan_part(i, head, buf)
+                src = os.open(head.path, os.O_RDONLY)
+                try:
+                    # The copier closes its own descriptor when its copy is done.
+                    copier.put(os.dup(src), dst_fd, head.audio_start, at, head.end_limit - head.audio_start)
+                    s = scan_part(i, head, buf, src)
+                finally:
+                    os.close(src)
                 if s.start != head.audio_start or s.end > head.end_limit:
                     raise ValueError("scan_part must walk the part from its head")
                 scans.append(s)
@@ -126,17 +131,15 @@ def join(heads: list[Mp3Head], out_path: str | Path,
         os.ftruncate(dst_fd, at)
         total_frames = sum(s.frames for s in scans)
         vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
-        first, last = scans[0], scans[-1]
-        # A first part without a LAME tag was played whole: no tag keeps it so. Otherwise its
-        # delay, and the last part's padding (0 if it states none).
-        delay = first.encoder_delay if first.gapless else None
-        padding = last.encoder_padding if delay is not None else None
+        # Always a LAME tag: with a bare Info frame mpg123 still skips its decoder delay and
+        # ffmpeg does not, so only a tag (delay 0 for an untagged first part) makes them agree.
+        delay, padding = scans[0].encoder_delay, scans[-1].encoder_padding
         frame = build_tag_frame(h, total_frames, at, toc(scans, at), vbr=vbr, delay=delay, padding=padding)
         os.pwrite(dst_fd, frame, 0)
     total = played_samples(total_frames, spf, delay, padding)
     # Frame k starts at sample R_k of the stream; a decoder outputs it DECODER_DELAY later and
     # skips delay + DECODER_DELAY, so in played samples it starts at R_k - delay.
-    skip = delay or 0
+    skip = delay
     part_samples, pos = [], -skip
     for s in scans:
         part_samples.append((max(0, pos), max(0, min(pos + s.frames * spf, total))))
@@ -154,19 +157,20 @@ class _Copier:
         self._thread = threading.Thread(target=self._run, name="mp3-join-copy", daemon=True)
         self._thread.start()
 
-    def put(self, path: Path, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
-        self._jobs.put((path, dst_fd, src_off, dst_off, length))
+    def put(self, src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+        """Queue a copy; ``src_fd`` is the copier's to close."""
+        self._jobs.put((src_fd, dst_fd, src_off, dst_off, length))
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            if self._error is not None or self._cancelled:
-                continue
-            path, dst_fd, src_off, dst_off, length = job
+            src_fd, dst_fd, src_off, dst_off, length = job
             try:
-                with open(path, "rb") as src:
-                    _copy_range(src.fileno(), dst_fd, src_off, dst_off, length)
+                if self._error is None and not self._cancelled:
+                    _copy_range(src_fd, dst_fd, src_off, dst_off, length)
             except BaseException as exc:  # handed to the joining thread by finish()
                 self._error = exc
+            finally:
+                os.close(src_fd)
 
     def finish(self, cancel: bool = False) -> None:
         """Wait for the queued copies (or skip those not started); re-raise a copy's error."""

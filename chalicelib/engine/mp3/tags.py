@@ -17,6 +17,7 @@ class XingHeaderFlags(IntFlag):
     VBR_SCALE = 0x8
 
 
+_FRAMES, _BYTES, _TOC, _VBR_SCALE = (int(f) for f in XingHeaderFlags)
 _LAME_ENCODERS = (b"LAME", b"Lavf", b"Lavc", b"L3.9")
 # Xing/Info header, flags, frames, bytes, TOC, quality, then the 36-byte LAME tag.
 _TAG_BYTES = 120 + 36
@@ -50,18 +51,19 @@ def parse_vbr_tag(frame: bytes, header: FrameHeader) -> VbrTag | None:
     ident = frame[off:off + 4]
     if ident in (b"Xing", b"Info") and len(frame) >= off + 8:
         tag = VbrTag(ident.decode())
-        flags = XingHeaderFlags(struct.unpack_from(">I", frame, off + 4)[0] & 0xF)
+        # Plain int tests: IntFlag membership costs more than the rest of this parse.
+        flags = struct.unpack_from(">I", frame, off + 4)[0]
         p = off + 8
-        if XingHeaderFlags.FRAMES in flags and len(frame) >= p + 4:
+        if flags & _FRAMES and len(frame) >= p + 4:
             tag.frames = struct.unpack_from(">I", frame, p)[0]
             p += 4
-        if XingHeaderFlags.BYTES in flags and len(frame) >= p + 4:
+        if flags & _BYTES and len(frame) >= p + 4:
             tag.bytes = struct.unpack_from(">I", frame, p)[0]
             p += 4
-        if XingHeaderFlags.TOC in flags and len(frame) >= p + 100:
+        if flags & _TOC and len(frame) >= p + 100:
             tag.toc = bytes(frame[p:p + 100])
             p += 100
-        if XingHeaderFlags.VBR_SCALE in flags:
+        if flags & _VBR_SCALE:
             p += 4
         # LAME tag: 9-byte encoder string, then delay/padding (12 bits each) 21 bytes in.
         if len(frame) >= p + 24 and frame[p:p + 4] in _LAME_ENCODERS:

@@ -64,18 +64,24 @@ def _id3v2_size(head: bytes) -> int:
     return 10 + size + footer
 
 
-def _trailing_tags(f, file_size: int, floor: int) -> int:
-    """Offset where trailing tags (ID3v1, APEv2, Lyrics3 are not handled) begin, or file_size."""
+def _trailing_tags(fd: int, file_size: int, floor: int, tail: bytes) -> int:
+    """Offset where trailing tags (ID3v1, APEv2, Lyrics3 are not handled) begin, or file_size.
+
+    ``tail`` holds the file's last bytes (at least 160 of them when the file has that many)."""
     end = file_size
+
+    def at(offset: int, n: int) -> bytes:
+        back = file_size - offset
+        if back <= len(tail):
+            return tail[len(tail) - back:len(tail) - back + n]
+        return os.pread(fd, n, offset)
+
     while True:
-        if end - 128 >= floor:
-            f.seek(end - 128)
-            if f.read(3) == b"TAG":
-                end -= 128
-                continue
+        if end - 128 >= floor and at(end - 128, 3) == b"TAG":
+            end -= 128
+            continue
         if end - 32 >= floor:
-            f.seek(end - 32)
-            footer = f.read(32)
+            footer = at(end - 32, 32)
             if footer[:8] == b"APETAGEX":
                 size, _items, flags = struct.unpack_from("<III", footer, 12)
                 has_header = bool(flags & 0x80000000)
@@ -129,25 +135,27 @@ class Mp3Head:
 
 def peek(path: str | Path) -> Mp3Head:
     """Find the first frame and read its Xing/VBRI tag. Raises Mp3Error if there is no MPEG audio."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(64 * 1024)
+    path = path if isinstance(path, Path) else Path(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        # One read covers the ID3v2 tag, the first frames and (for a short part) the trailing tags.
+        head = os.pread(fd, 64 * 1024, 0)
         start = _id3v2_size(head)
-        end_limit = _trailing_tags(f, size, start)
+        tail = head if size <= len(head) else os.pread(fd, 160, size - 160)
+        end_limit = _trailing_tags(fd, size, start, tail)
         if end_limit <= start:
             raise Mp3Error("no MPEG audio frames found")
-        # One read covers the ID3v2 tag and the first frames of most files.
         if start + 8 * 1024 > len(head):
-            f.seek(start)
-            buf = f.read(min(end_limit - start, 256 * 1024))
+            buf = os.pread(fd, min(end_limit - start, 256 * 1024), start)
         else:
             buf = head[start:start + 256 * 1024]
         pos, header = _first_frame(buf[:end_limit - start], start, end_limit)
         frame = buf[pos - start:pos - start + header.size]
         if len(frame) < header.size:
-            f.seek(pos)
-            frame = f.read(header.size)
+            frame = os.pread(fd, header.size, pos)
+    finally:
+        os.close(fd)
     tag = parse_vbr_tag(frame, header)
     first = pos
     if tag is not None:
@@ -155,65 +163,75 @@ def peek(path: str | Path) -> Mp3Head:
     return Mp3Head(path, header, tag, pos, end_limit, first, first != start)
 
 
-def scan(path: str | Path, head: Mp3Head | None = None, buf: bytearray | None = None) -> Mp3Scan:
+def scan(path: str | Path, head: Mp3Head | None = None, buf: bytearray | None = None,
+         fd: int | None = None) -> Mp3Scan:
     """Walk every frame of an MPEG audio file. Raises Mp3Error if it is not one, or is truncated.
 
-    ``buf`` is a reusable read buffer (a join walks many parts with one)."""
+    ``buf`` is a reusable read buffer and ``fd`` an open descriptor of the file (a join walks
+    many parts with one buffer, and opens each part once)."""
     head = head or peek(path)
+    if fd is None:
+        fd = os.open(head.path, os.O_RDONLY)
+        try:
+            return _walk(fd, head, buf)
+        finally:
+            os.close(fd)
+    return _walk(fd, head, buf)
+
+
+def _walk(fd: int, head: Mp3Head, buf: bytearray | None) -> Mp3Scan:
     path, header, tag, pos, end_limit = head.path, head.header, head.vbr_tag, head.audio_start, head.end_limit
-    with open(path, "rb", buffering=0) as f:
-        table = size_table(header)
-        offsets = array("q")
-        frames = 0
-        bitrates_seen = {header.bitrate_index} if tag is None else set()
-        run, run_size = run_pattern(header)
-        audio_start = pos
-        if buf is None:
-            # Sized to the part: zero-filling a 1 MB buffer costs more than walking a short part.
-            buf = bytearray(min(CHUNK, max(4, end_limit - pos)))
-        view = memoryview(buf)
-        chunk = len(buf)
-        while pos < end_limit:
-            f.seek(pos)
-            got = f.readinto(view[:min(chunk, end_limit - pos)])
-            stop = got - 3
-            i = 0
-            bad = False
-            # The hot loop: one table lookup per frame (about 0.2 us), no object creation; an
-            # offset is kept at the start of each block of OFFSET_STRIDE frames.
-            while i < stop and not bad:
-                block = OFFSET_STRIDE - frames % OFFSET_STRIDE
-                if block == OFFSET_STRIDE:
-                    offsets.append(pos + i)
-                    bitrates_seen.add(buf[i + 2] >> 4)
-                    if run is not None:
-                        # Fast path for constant bitrate: the regex engine checks a whole block
-                        # of headers in C. Each frame is n or n + 1 bytes and a block holds fewer
-                        # than n frames, so the byte length alone gives the frame count.
-                        m = run.match(buf, i, got)
-                        if m is not None and m.end() - i >= OFFSET_STRIDE * run_size:
-                            i = m.end()
-                            frames += OFFSET_STRIDE
-                            continue
-                for _ in range(block):
-                    if i >= stop:
-                        break
-                    n = table[(buf[i + 1] << 8) | buf[i + 2]] if buf[i] == 0xFF else 0
-                    if not n:
-                        bad = True
-                        break
-                    i += n
-                    frames += 1
-            if bad:  # not a frame header where one should be
-                raise Mp3Error(f"not a clean MPEG stream: garbage at byte {pos + i} after {frames} frames")
-            if got < 4:  # 1-3 stray bytes after the last frame: not audio, leave them out
-                break
-            pos += i
-        if pos > end_limit:
-            raise Mp3Truncated(f"truncated: the last frame is cut off ({pos - end_limit} bytes missing)")
-        if frames == 0:
-            raise Mp3Error("no MPEG audio frames found")
-        if tag is not None and tag.frames is not None and tag.frames > frames + 1:
-            raise Mp3Truncated(f"truncated: its header announces {tag.frames} frames, the file holds {frames}")
-        variable = (tag is not None and tag.kind in ("Xing", "VBRI")) or len(bitrates_seen) > 1
-        return Mp3Scan(path, header, audio_start, pos, frames, tag, variable, offsets)
+    table = size_table(header)
+    offsets = array("q")
+    frames = 0
+    bitrates_seen = {header.bitrate_index} if tag is None else set()
+    run, run_size = run_pattern(header)
+    audio_start = pos
+    if buf is None:
+        # Sized to the part: zero-filling a 1 MB buffer costs more than walking a short part.
+        buf = bytearray(min(CHUNK, max(4, end_limit - pos)))
+    view = memoryview(buf)
+    chunk = len(buf)
+    while pos < end_limit:
+        got = os.preadv(fd, [view[:min(chunk, end_limit - pos)]], pos)
+        stop = got - 3
+        i = 0
+        bad = False
+        # The hot loop: one table lookup per frame (about 0.2 us), no object creation; an
+        # offset is kept at the start of each block of OFFSET_STRIDE frames.
+        while i < stop and not bad:
+            block = OFFSET_STRIDE - frames % OFFSET_STRIDE
+            if block == OFFSET_STRIDE:
+                offsets.append(pos + i)
+                bitrates_seen.add(buf[i + 2] >> 4)
+                if run is not None:
+                    # Fast path for constant bitrate: the regex engine checks a whole block
+                    # of headers in C. Each frame is n or n + 1 bytes and a block holds fewer
+                    # than n frames, so the byte length alone gives the frame count.
+                    m = run.match(buf, i, got)
+                    if m is not None and m.end() - i >= OFFSET_STRIDE * run_size:
+                        i = m.end()
+                        frames += OFFSET_STRIDE
+                        continue
+            for _ in range(block):
+                if i >= stop:
+                    break
+                n = table[(buf[i + 1] << 8) | buf[i + 2]] if buf[i] == 0xFF else 0
+                if not n:
+                    bad = True
+                    break
+                i += n
+                frames += 1
+        if bad:  # not a frame header where one should be
+            raise Mp3Error(f"not a clean MPEG stream: garbage at byte {pos + i} after {frames} frames")
+        if got < 4:  # 1-3 stray bytes after the last frame: not audio, leave them out
+            break
+        pos += i
+    if pos > end_limit:
+        raise Mp3Truncated(f"truncated: the last frame is cut off ({pos - end_limit} bytes missing)")
+    if frames == 0:
+        raise Mp3Error("no MPEG audio frames found")
+    if tag is not None and tag.frames is not None and tag.frames > frames + 1:
+        raise Mp3Truncated(f"truncated: its header announces {tag.frames} frames, the file holds {frames}")
+    variable = (tag is not None and tag.kind in ("Xing", "VBRI")) or len(bitrates_seen) > 1
+    return Mp3Scan(path, header, audio_start, pos, frames, tag, variable, offsets)

@@ -1,0 +1,250 @@
+"""Files the way other encoders write them, joined and decoded by two independent decoders.
+
+Inputs are built with LAME itself (``lameenc``: no LAME tag, as ``lame -t`` and sox write),
+ffmpeg's libmp3lame (an Info frame saying "stereo" before joint-stereo frames), CRC-protected
+frames (as ``lame -p`` writes: the tag sits 2 bytes later), MPEG-2/2.5 rates, Opus, M4A, and a
+garbage prefix. Outputs are decoded by ffmpeg and by libsndfile (mpg123 for MP3), and their
+sample counts must equal what the result says, exactly.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from chalicelib.engine import PartInput, mp3, probe, stitch
+from chalicelib.ffmpeg import ffmpeg_binary
+from chalicelib.options import Options, PartOptions
+from tests.audio import make_tone
+
+COPY, EXACT = Options(join="copy"), Options(join="exact")
+
+
+def ffmpeg_frames(path) -> int:
+    """Sample frames ffmpeg decodes from ``path`` (its first audio stream)."""
+    pcm = subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1",
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    return len(pcm) // 4
+
+
+def sndfile_frames(path) -> int:
+    """Sample frames libsndfile decodes (mpg123 for MP3, with its gapless handling)."""
+    data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return data.shape[0]
+
+
+def both(path) -> tuple[int, int]:
+    return ffmpeg_frames(path), sndfile_frames(path)
+
+
+def lame_mp3(path, seconds: float, *, rate: int = 44100, channels: int = 2, kbps: int = 128, freq: float = 440):
+    """An MP3 as LAME writes it with no tag frame (``lame -t``, sox): every frame is audio."""
+    import lameenc
+
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    tone = (0.4 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
+    pcm = np.repeat(tone[:, None], channels, axis=1).tobytes()
+    enc = lameenc.Encoder()
+    enc.set_bit_rate(kbps)
+    enc.set_in_sample_rate(rate)
+    enc.set_channels(channels)
+    enc.set_quality(5)
+    path.write_bytes(enc.encode(pcm) + enc.flush())
+    return path
+
+
+def _mpeg_crc(data: bytes) -> int:
+    """CRC-16 (poly 0x8005, init 0xFFFF) over header bytes 2-3 and the side info, as ISO 11172-3."""
+    crc = 0xFFFF
+    for byte in data:
+        for bit in range(7, -1, -1):
+            top = (crc >> 15) & 1
+            crc = (crc << 1) & 0xFFFF
+            if top ^ ((byte >> bit) & 1):
+                crc ^= 0x8005
+    return crc
+
+
+def crc_protected(src, dst):
+    """Rewrite every frame of ``src`` as ``lame -p`` writes them: protection bit set and a CRC
+    after the header. The frame keeps its size, so its last 2 bytes make room (the tag frame's
+    are zeros; an audio frame loses 2 bytes of main data, which changes no sample count)."""
+    data = src.read_bytes()
+    out = bytearray()
+    pos = mp3.peek(src).first_frame  # after ffmpeg's ID3v2 tag
+    while pos + 4 <= len(data):
+        h = mp3.parse_header(data, pos)
+        assert h is not None and not h.protected, f"not a clean unprotected stream at byte {pos}"
+        frame = data[pos:pos + h.size]
+        header = bytes((frame[0], frame[1] & 0xFE, frame[2], frame[3]))
+        side = frame[4:4 + h.side_info]
+        crc = _mpeg_crc(header[2:4] + side)
+        out += header + crc.to_bytes(2, "big") + frame[4:h.size - 2]
+        pos += h.size
+    dst.write_bytes(bytes(out))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("foreign")
+    f = {
+        "ff1": make_tone(d / "ff1.mp3", 1.0),  # ffmpeg/libmp3lame: Info frame + LAME tag
+        "ff07": make_tone(d / "ff07.mp3", 0.7, freq=660),
+        "ff6": make_tone(d / "ff6.mp3", 6.0, freq=330),
+        "lame2": lame_mp3(d / "lame2.mp3", 2.0),
+        "lame2b": lame_mp3(d / "lame2b.mp3", 2.0, freq=550),
+        "lame22": lame_mp3(d / "lame22.mp3", 1.0, rate=22050, kbps=64),
+        "lame8": lame_mp3(d / "lame8.mp3", 1.0, rate=8000, channels=1, kbps=16),
+        "ff22": make_tone(d / "ff22.mp3", 1.0, rate=22050, extra=["-b:a", "64k"]),
+        "ff8": make_tone(d / "ff8.mp3", 1.0, rate=8000, channels=1, extra=["-b:a", "16k"]),
+        "opus": make_tone(d / "two.opus", 2.0, rate=48000, fmt="opus"),
+        "m4a": make_tone(d / "two.m4a", 2.0),
+        "wav": make_tone(d / "one.wav", 1.0),
+    }
+    f["crc"] = crc_protected(f["ff1"], d / "crc.mp3")
+    junk = d / "junk6.mp3"
+    junk.write_bytes(bytes(range(1, 200)) * 15 + f["ff6"].read_bytes())  # 2985 bytes, no 0xFF
+    f["junk6"] = junk
+    return f
+
+
+def test_decoders_agree_on_the_inputs(files):
+    """The ground truth the tests rely on: what each input plays in both decoders."""
+    assert both(files["ff1"]) == (44100, 44100)
+    assert both(files["lame2"]) == (mp3.scan(files["lame2"]).frames * 1152,) * 2  # no tag: every frame
+    # Neither decoder finds a tag behind a CRC: they play the tag frame as audio.
+    assert 44100 not in both(files["crc"])
+    assert both(files["opus"]) == (96000, 96000)
+    assert ffmpeg_frames(files["junk6"]) != 264600  # ffmpeg misses the tag behind the junk
+
+
+@pytest.mark.parametrize("name, seconds", [("ff1", 1.0), ("crc", 1.0), ("opus", 2.0), ("m4a", 2.0),
+                                           ("junk6", 6.0), ("wav", 1.0)])
+def test_probe_gives_the_gapless_length(files, name, seconds):
+    assert probe(files[name]).duration_s == seconds
+
+
+def test_crc_protected_tag_frame_is_recognised(files):
+    s = mp3.scan(files["crc"])
+    plain = mp3.scan(files["ff1"])
+    assert s.header.protected and s.vbr_tag is not None and s.vbr_tag.kind == "Info"
+    assert (s.frames, s.encoder_delay, s.encoder_padding) == (plain.frames, plain.encoder_delay,
+                                                              plain.encoder_padding)
+    out = files["crc"].parent / "crc-join.mp3"
+    result = stitch([PartInput(files["crc"]), PartInput(files["crc"])], out, COPY)
+    assert result.join == "copy" and mp3.scan(out).frames == 2 * s.frames  # no tag frame copied as audio
+    assert result.parts[0].start_s == 0
+    n = round(result.duration_s * 44100)
+    assert both(out) == (n, n)
+    exact = stitch([PartInput(files["crc"]), PartInput(files["ff07"])], out, EXACT)
+    assert exact.join == "exact" and both(out) == (44100 + 30870,) * 2
+
+
+def test_ffmpeg_info_frame_and_lame_frames_copy_join(files, tmp_path):
+    """ffmpeg's Info frame says plain stereo, LAME's frames are joint stereo: still one stream."""
+    info = mp3.peek(files["ff1"])
+    lame = mp3.peek(files["lame2"])
+    assert info.header.channel_mode == 0 and lame.header.channel_mode == 1
+    out = tmp_path / "mixed.mp3"
+    result = stitch([PartInput(files["ff1"]), PartInput(files["lame2"])], out, COPY)
+    assert result.join == "copy"
+    n = round(result.duration_s * 44100)
+    assert both(out) == (n, n)
+
+
+@pytest.mark.parametrize("name, rate", [("lame2", 44100), ("lame22", 22050), ("lame8", 8000)])
+def test_untagged_parts_header_and_duration_agree(files, tmp_path, name, rate):
+    """No LAME tag in the first part: the duration reported is what decoders play from the header
+    written (a LAME tag with delay 0, after which both skip their own decoder delay)."""
+    out = tmp_path / "u.mp3"
+    result = stitch([PartInput(files[name]), PartInput(files[name])], out, COPY)
+    frames = mp3.scan(files[name]).frames
+    spf = mp3.scan(files[name]).header.samples
+    played = 2 * frames * spf - mp3.DECODER_DELAY
+    assert result.join == "copy"
+    assert round(result.duration_s * rate) == played
+    assert both(out) == (played, played)
+    assert result.parts[1].start_s == round(frames * spf / rate, 6)
+
+
+@pytest.mark.parametrize("tagged, untagged, rate", [("ff22", "lame22", 22050), ("ff8", "lame8", 8000)])
+def test_mpeg2_and_25_exact_join(files, tmp_path, tagged, untagged, rate):
+    out = tmp_path / "e.mp3"
+    result = stitch([PartInput(files[tagged]), PartInput(files[untagged])], out, EXACT)
+    untagged_len = mp3.scan(files[untagged]).frames * mp3.scan(files[untagged]).header.samples
+    expected = rate + untagged_len
+    assert result.join == "exact" and result.added_silence_ms == 0
+    assert round(result.duration_s * rate) == expected
+    assert both(out) == (expected, expected)
+    assert result.parts[1].start_s == 1.0
+
+
+@pytest.mark.parametrize("other, rate, first", [("opus", 48000, 96000), ("m4a", 44100, 88200)])
+def test_opus_and_m4a_parts_do_not_drift(files, tmp_path, other, rate, first):
+    out = tmp_path / "d.mp3"
+    result = stitch([PartInput(files[other]), PartInput(files["ff1"])], out, Options())
+    assert result.join == "exact"
+    assert result.parts[1].start_s == 2.0 and result.duration_s == 3.0
+    assert both(out) == (first + rate, first + rate)
+
+
+def test_garbage_prefixed_mp3_plays_its_tagged_length(files, tmp_path):
+    out = tmp_path / "g.mp3"
+    result = stitch([PartInput(files["junk6"]), PartInput(files["wav"])], out, Options())
+    assert result.join == "exact" and result.duration_s == 7.0 and result.parts[1].start_s == 6.0
+    assert both(out) == (7 * 44100, 7 * 44100)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "ogg", "flac", "wav"])
+def test_exact_join_with_gap_trim_and_fades_is_sample_exact(files, tmp_path, fmt):
+    parts = [PartInput(files["ff1"]), PartInput(files["lame2"], PartOptions(start_s=0.25, end_s=1.5)),
+             PartInput(files["opus"])]
+    out = tmp_path / f"x.{fmt}"
+    opts = Options.from_dict({"format": fmt, "gap_ms": 100, "fade_in_ms": 50, "fade_out_ms": 300})
+    result = stitch(parts, out, opts)
+    rate = 48000
+    expected = rate * 1 + round(1.25 * rate) + rate * 2 + 2 * round(0.1 * rate)
+    assert round(result.duration_s * rate) == expected
+    assert both(out) == (expected, expected)
+    assert [p.start_s for p in result.parts] == [0.0, 1.1, 2.45]
+
+
+def test_auto_copies_long_parts_and_re_encodes_short_ones(files, tmp_path):
+    # At 44.1 kHz LAME keeps about 1,600 samples at a join: 1 % of 3.6 s.
+    long_ = [PartInput(files["ff6"]), PartInput(files["ff6"])]
+    short = [PartInput(files["ff1"]), PartInput(files["ff07"])]
+    copied = stitch(long_, tmp_path / "l.mp3", Options())
+    assert copied.join == "copy" and copied.mode == "copy"
+    s = mp3.scan(files["ff6"])
+    assert copied.added_silence_ms == round((s.encoder_padding + s.encoder_delay) * 1000 / 44100, 3)
+    exact = stitch(short, tmp_path / "s.mp3", Options())
+    assert exact.join == "exact" and exact.mode == "encode" and exact.added_silence_ms == 0
+    assert both(tmp_path / "s.mp3") == (44100 + 30870,) * 2
+    forced = stitch(short, tmp_path / "c.mp3", COPY)
+    assert forced.join == "copy" and forced.added_silence_ms > 30
+
+
+def test_copy_join_cost_per_part_is_small(tmp_path):
+    """What a part costs beyond its bytes: 1000 small parts against 10 large ones of the same
+    total bytes. The floor is opening and reading each file; the budget allows a loaded machine."""
+    import shutil
+
+    big = make_tone(tmp_path / "big.mp3", 30.0)
+    small = make_tone(tmp_path / "small.mp3", 0.3)
+    few = [PartInput(shutil.copy(big, tmp_path / f"b{i}.mp3")) for i in range(10)]
+    many = [PartInput(shutil.copy(small, tmp_path / f"s{i}.mp3")) for i in range(1000)]
+    best = {}
+    for name, parts in (("few", few), ("many", many)):
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            stitch(parts, tmp_path / f"{name}.mp3", COPY)
+            times.append(time.perf_counter() - t)
+        best[name] = min(times)
+    per_part_ms = (best["many"] - best["few"]) / 990 * 1000
+    assert per_part_ms < 0.3, best
