@@ -248,3 +248,54 @@ def test_copy_join_cost_per_part_is_small(tmp_path):
         best[name] = min(times)
     per_part_ms = (best["many"] - best["few"]) / 990 * 1000
     assert per_part_ms < 0.3, best
+
+
+def true_peak_db(path) -> float:
+    """The output's true peak (dBTP) as ffmpeg's ebur128 measures it, decoded as a player would."""
+    from chalicelib.engine.loudness import _PEAK
+
+    proc = subprocess.run([ffmpeg_binary(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:a:0",
+                           "-af", "ebur128=peak=true:framelog=verbose", "-f", "null", "-"],
+                          capture_output=True, text=True)
+    return float(_PEAK.search(proc.stderr).group(1))
+
+
+def clipped(path) -> int:
+    data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return int((np.abs(data) >= 1.0).sum())
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """Speech-like: pink noise in syllable-rate bursts, about -17 LUFS with peaks near -3 dBFS."""
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    src = "anoisesrc=color=pink:amplitude=0.5:sample_rate=44100:duration=4:seed=7"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", src,
+                    "-af", "tremolo=f=4:d=0.9,volume=-2dB", "-ac", "2", "-c:a", "pcm_s16le", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])
+def test_loudness_boost_is_limited_to_the_true_peak_ceiling(speech, tmp_path, fmt):
+    out = tmp_path / f"loud.{fmt}"
+    result = stitch([PartInput(speech), PartInput(speech)], out,
+                    Options.from_dict({"format": fmt, "loudness_lufs": -5}))
+    assert all(p.gain_limited_db > 0 for p in result.parts)
+    assert result.to_dict()["parts"][0]["gain_limited_db"] == result.parts[0].gain_limited_db
+    assert clipped(out) == 0 and true_peak_db(out) <= -1.0
+
+
+def test_gain_boost_on_a_loud_part_is_limited(tmp_path):
+    loud = make_tone(tmp_path / "loud.wav", 1.0, volume=10.0)  # peaks at 0.88: about -1.1 dBFS
+    plain = stitch([PartInput(loud)], tmp_path / "plain.wav", Options(format="wav"))
+    assert plain.parts[0].gain_limited_db == 0 and "gain_limited_db" not in plain.to_dict()["parts"][0]
+    out = tmp_path / "boost.wav"
+    result = stitch([PartInput(loud, PartOptions(gain_db=12.0))], out, Options(format="wav"))
+    headroom = -1.0 - true_peak_db(loud)
+    assert 0 < headroom < 0.5
+    assert result.parts[0].gain_limited_db == pytest.approx(12.0 - headroom, abs=0.01)
+    assert clipped(out) == 0 and true_peak_db(out) <= -0.9
+    # A boost that fits is applied whole.
+    quiet = make_tone(tmp_path / "quiet.wav", 1.0, volume=0.05)
+    fits = stitch([PartInput(quiet, PartOptions(gain_db=6.0))], tmp_path / "fits.wav", Options(format="wav"))
+    assert fits.parts[0].gain_limited_db == 0
