@@ -18,109 +18,54 @@ import soundfile
 from chalicelib.engine import PartInput, mp3, probe, stitch
 from chalicelib.ffmpeg import ffmpeg_binary
 from chalicelib.options import Options, PartOptions
-from tests.audio import make_tone
+from tests.audio import (
+    ffmpeg_frames,
+    ffmpeg_mp3,
+    garbage_prefixed_mp3,
+    lameenc_mp3,
+    m4a_file,
+    make_tone,
+    opus_file,
+    sf_frames,
+    wav_file,
+)
 
 COPY, EXACT = Options(join="copy"), Options(join="exact")
 
 
-def ffmpeg_frames(path) -> int:
-    """Sample frames ffmpeg decodes from ``path`` (its first audio stream)."""
-    pcm = subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1",
-                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
-    return len(pcm) // 4
-
-
-def sndfile_frames(path) -> int:
-    """Sample frames libsndfile decodes (mpg123 for MP3, with its gapless handling)."""
-    data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return data.shape[0]
-
-
 def both(path) -> tuple[int, int]:
-    return ffmpeg_frames(path), sndfile_frames(path)
-
-
-def lame_mp3(path, seconds: float, *, rate: int = 44100, channels: int = 2, kbps: int = 128, freq: float = 440):
-    """An MP3 as LAME writes it with no tag frame (``lame -t``, sox): every frame is audio."""
-    import lameenc
-
-    n = round(seconds * rate)
-    t = np.arange(n) / rate
-    tone = (0.4 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
-    pcm = np.repeat(tone[:, None], channels, axis=1).tobytes()
-    enc = lameenc.Encoder()
-    enc.set_bit_rate(kbps)
-    enc.set_in_sample_rate(rate)
-    enc.set_channels(channels)
-    enc.set_quality(5)
-    path.write_bytes(enc.encode(pcm) + enc.flush())
-    return path
-
-
-def _mpeg_crc(data: bytes) -> int:
-    """CRC-16 (poly 0x8005, init 0xFFFF) over header bytes 2-3 and the side info, as ISO 11172-3."""
-    crc = 0xFFFF
-    for byte in data:
-        for bit in range(7, -1, -1):
-            top = (crc >> 15) & 1
-            crc = (crc << 1) & 0xFFFF
-            if top ^ ((byte >> bit) & 1):
-                crc ^= 0x8005
-    return crc
-
-
-def crc_protected(src, dst):
-    """Rewrite every frame of ``src`` as ``lame -p`` writes them: protection bit set and a CRC
-    after the header. The frame keeps its size, so its last 2 bytes make room (the tag frame's
-    are zeros; an audio frame loses 2 bytes of main data, which changes no sample count)."""
-    data = src.read_bytes()
-    out = bytearray()
-    pos = mp3.peek(src).first_frame  # after ffmpeg's ID3v2 tag
-    while pos + 4 <= len(data):
-        h = mp3.parse_header(data, pos)
-        assert h is not None and not h.protected, f"not a clean unprotected stream at byte {pos}"
-        frame = data[pos:pos + h.size]
-        header = bytes((frame[0], frame[1] & 0xFE, frame[2], frame[3]))
-        side = frame[4:4 + h.side_info]
-        crc = _mpeg_crc(header[2:4] + side)
-        out += header + crc.to_bytes(2, "big") + frame[4:h.size - 2]
-        pos += h.size
-    dst.write_bytes(bytes(out))
-    return dst
+    return ffmpeg_frames(path), sf_frames(path)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    """Inputs from tests/audio.py's builders; each plays its nominal length in both decoders
+    (tests/unit/test_decoders.py), except the untagged and garbage-prefixed ones."""
     d = tmp_path_factory.mktemp("foreign")
-    f = {
-        "ff1": make_tone(d / "ff1.mp3", 1.0),  # ffmpeg/libmp3lame: Info frame + LAME tag
-        "ff07": make_tone(d / "ff07.mp3", 0.7, freq=660),
-        "ff6": make_tone(d / "ff6.mp3", 6.0, freq=330),
-        "lame2": lame_mp3(d / "lame2.mp3", 2.0),
-        "lame2b": lame_mp3(d / "lame2b.mp3", 2.0, freq=550),
-        "lame22": lame_mp3(d / "lame22.mp3", 1.0, rate=22050, kbps=64),
-        "lame8": lame_mp3(d / "lame8.mp3", 1.0, rate=8000, channels=1, kbps=16),
-        "ff22": make_tone(d / "ff22.mp3", 1.0, rate=22050, extra=["-b:a", "64k"]),
-        "ff8": make_tone(d / "ff8.mp3", 1.0, rate=8000, channels=1, extra=["-b:a", "16k"]),
-        "opus": make_tone(d / "two.opus", 2.0, rate=48000, fmt="opus"),
-        "m4a": make_tone(d / "two.m4a", 2.0),
-        "wav": make_tone(d / "one.wav", 1.0),
-    }
-    f["crc"] = crc_protected(f["ff1"], d / "crc.mp3")
-    junk = d / "junk6.mp3"
-    junk.write_bytes(bytes(range(1, 200)) * 15 + f["ff6"].read_bytes())  # 2985 bytes, no 0xFF
-    f["junk6"] = junk
+    f = {}
+    ffmpeg_mp3(f.setdefault("ff1", d / "ff1.mp3"), 44100)  # ffmpeg/libmp3lame: Info frame + LAME tag
+    ffmpeg_mp3(f.setdefault("ff07", d / "ff07.mp3"), 30870, seed=1)
+    ffmpeg_mp3(f.setdefault("ff6", d / "ff6.mp3"), 6 * 44100, seed=2)
+    lameenc_mp3(f.setdefault("lame2", d / "lame2.mp3"), 2 * 44100, tag=False)  # lame -t, sox
+    lameenc_mp3(f.setdefault("lame22", d / "lame22.mp3"), 22050, rate=22050, bitrate=64, tag=False)
+    lameenc_mp3(f.setdefault("lame8", d / "lame8.mp3"), 8000, rate=8000, channels=1, bitrate=16, tag=False)
+    lameenc_mp3(f.setdefault("crc", d / "crc.mp3"), 44100, crc=True)  # lame -p
+    ffmpeg_mp3(f.setdefault("ff22", d / "ff22.mp3"), 22050, rate=22050, bitrate="64k")
+    ffmpeg_mp3(f.setdefault("ff8", d / "ff8.mp3"), 8000, rate=8000, channels=1, bitrate="16k")
+    opus_file(f.setdefault("opus", d / "two.opus"), 96000)
+    m4a_file(f.setdefault("m4a", d / "two.m4a"), 88200)
+    wav_file(f.setdefault("wav", d / "one.wav"), 44100)
+    garbage_prefixed_mp3(f.setdefault("junk6", d / "junk6.mp3"), 6 * 44100, garbage=2985)
     return f
 
 
 def test_decoders_agree_on_the_inputs(files):
     """The ground truth the tests rely on: what each input plays in both decoders."""
     assert both(files["ff1"]) == (44100, 44100)
-    assert both(files["lame2"]) == (mp3.scan(files["lame2"]).frames * 1152,) * 2  # no tag: every frame
-    # Neither decoder finds a tag behind a CRC: they play the tag frame as audio.
-    assert 44100 not in both(files["crc"])
+    assert both(files["crc"]) == (44100, 44100)
     assert both(files["opus"]) == (96000, 96000)
-    assert ffmpeg_frames(files["junk6"]) != 264600  # ffmpeg misses the tag behind the junk
+    assert both(files["lame2"]) == (mp3.scan(files["lame2"]).frames * 1152,) * 2  # no tag: every frame
+    assert ffmpeg_frames(files["junk6"]) != 6 * 44100  # ffmpeg misses the tag behind the junk
 
 
 @pytest.mark.parametrize("name, seconds", [("ff1", 1.0), ("crc", 1.0), ("opus", 2.0), ("m4a", 2.0),
@@ -131,10 +76,8 @@ def test_probe_gives_the_gapless_length(files, name, seconds):
 
 def test_crc_protected_tag_frame_is_recognised(files):
     s = mp3.scan(files["crc"])
-    plain = mp3.scan(files["ff1"])
     assert s.header.protected and s.vbr_tag is not None and s.vbr_tag.kind == "Info"
-    assert (s.frames, s.encoder_delay, s.encoder_padding) == (plain.frames, plain.encoder_delay,
-                                                              plain.encoder_padding)
+    assert s.encoder_delay == 576 and s.decoded_samples == 44100
     out = files["crc"].parent / "crc-join.mp3"
     result = stitch([PartInput(files["crc"]), PartInput(files["crc"])], out, COPY)
     assert result.join == "copy" and mp3.scan(out).frames == 2 * s.frames  # no tag frame copied as audio

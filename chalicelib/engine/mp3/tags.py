@@ -41,13 +41,19 @@ class VbrTag:
 
 
 def tag_offset(header: FrameHeader) -> int:
-    """Where a Xing/Info tag starts in its frame: after the header, the CRC if any, the side info."""
-    return 4 + (2 if header.protected else 0) + header.side_info
+    """Where a Xing/Info tag starts in its frame: after the header and the side info.
+
+    With CRC protection too: LAME (``lame -p``) keeps the tag at that offset ("the Xing data
+    still starts at the same offset", VbrTag.c), 2 bytes before the end of the shifted side info,
+    and ffmpeg looks for it there."""
+    return 4 + header.side_info
 
 
 def parse_vbr_tag(frame: bytes, header: FrameHeader) -> VbrTag | None:
     """Read the Xing/Info (and LAME) or VBRI tag from the first frame's bytes, if it is one."""
     off = tag_offset(header)
+    if header.protected and frame[off:off + 4] not in (b"Xing", b"Info"):
+        off += 2  # a writer that put the tag after the CRC-shifted side info
     ident = frame[off:off + 4]
     if ident in (b"Xing", b"Info") and len(frame) >= off + 8:
         tag = VbrTag(ident.decode())
