@@ -14,7 +14,7 @@ from .errors import BadRequest
 
 # Bump when the engine's output for the same input and options changes: it is part of the
 # cache key, so old cached results stop being served.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,7 @@ class StitchService:
                 parts = _decode_spans(meta.get("parts", ""))
             return {"cache_key": key, "output_key": obj, "duration_s": float(meta["duration-s"]),
                     "format": options.format, "size_bytes": info.size, "mode": meta.get("mode", ""),
+                    "join": meta.get("join", ""), "added_silence_ms": float(meta.get("added-silence-ms", 0)),
                     "parts": parts}
         except (KeyError, ValueError):
             log.warning("cache object %s has no usable metadata; re-rendering", obj)
@@ -245,7 +246,9 @@ class StitchService:
         )
         return {"public_url": url, "cached": cached, "cache_key": result["cache_key"],
                 "duration_s": result["duration_s"], "format": result["format"], "size_bytes": result["size_bytes"],
-                "mode": result.get("mode", ""), "parts": _part_spans(result), "expires_at": expires_at}
+                "mode": result.get("mode", ""), "join": result.get("join", ""),
+                "added_silence_ms": result.get("added_silence_ms", 0.0), "parts": _part_spans(result),
+                "expires_at": expires_at}
 
     # -- rendering (inline and worker) --------------------------------------------------------------
     def _workdir(self, label: str) -> Path:
@@ -308,6 +311,7 @@ class StitchService:
         spans = _part_spans(data)
         encoded = _encode_spans(spans)
         meta = {"duration-s": f"{data['duration_s']:.3f}", "mode": str(data.get("mode", "")),
+                "join": str(data.get("join", "")), "added-silence-ms": f"{data.get('added_silence_ms', 0.0):g}",
                 "engine": ENGINE_VERSION}
         if len(encoded) > MAX_PARTS_METADATA:
             # Written first, so any reader that sees the audio object also finds its sidecar.
@@ -318,7 +322,8 @@ class StitchService:
         self.store.upload(output, s.bucket_output, obj, content_type=fmt.content_type,
                           filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=meta)
         return {"cache_key": key, "output_key": obj, "duration_s": round(data["duration_s"], 3), "format": fmt.name,
-                "size_bytes": output.stat().st_size, "mode": data.get("mode", ""), "parts": spans}
+                "size_bytes": output.stat().st_size, "mode": data.get("mode", ""), "join": data.get("join", ""),
+                "added_silence_ms": data.get("added_silence_ms", 0.0), "parts": spans}
 
     # -- the worker ------------------------------------------------------------------------------
     def run_job(self, job_id: str, *, receive_count: int = 1) -> str:
