@@ -117,7 +117,7 @@ def measure(set_name: str, task: str, tool: str, cmd: list[str], out: Path, runs
 
 
 def engine_cmd(parts: list[Path], out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "chalicelib", "stitch", *map(str, parts), "-o", str(out), *extra]
+    return [sys.executable, "-m", "audio_stitch", "stitch", *map(str, parts), "-o", str(out), *extra]
 
 
 def ffmpeg_copy_cmd(parts: list[Path], out: Path) -> list[str]:
@@ -252,7 +252,7 @@ Inputs (generated once into `bench/.data`, a tone over pink noise): {sizes}; MP3
 tree (the engine's Python or its ffmpeg; pydub's Python) as GNU time reports it from `wait4()`. One warm-up
 run precedes the timed ones, so inputs are in the page cache for every tool alike.
 
-- **engine (copy)**: `python -m chalicelib stitch PARTS -o OUT` (the frame-level MP3 join; interpreter
+- **engine (copy)**: `python -m audio_stitch stitch PARTS -o OUT` (the frame-level MP3 join; interpreter
   start-up included).
 - **engine stitch() only**: the same join timed inside a fresh Python process around the
   `stitch()` call alone, as the API worker (a warm Lambda) pays it; peak RSS is the process's.
