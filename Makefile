@@ -28,7 +28,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	@# --exit-with-parent: if make itself is killed (e.g. by `timeout`), the stack stops with it.
-	$(PY) -m chalicelib run --stage $(STAGE) --exit-with-parent
+	$(PY) -m audio_stitch run --stage $(STAGE) --exit-with-parent
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -78,10 +78,18 @@ class Engine:
         self.fields = set(Options.field_names())
         self.has_join = "join" in self.fields
         self.parallel_formats = self._parallel_formats()
-        console = Path(sys.executable).parent / "audio-stitch"
-        self.cli = [str(console), "stitch"] if console.exists() else [sys.executable, "-m", "chalicelib", "stitch"]
+        self.cli = self._cli()
         self.cli_join = self.has_join and "--join" in subprocess.run(
             [*self.cli, "--help"], capture_output=True, text=True, env=_env(ffmpeg_binary()), cwd=ROOT).stdout
+
+    @staticmethod
+    def _cli() -> list[str]:
+        """The installed `audio-stitch` command if there is one, else the package that holds the CLI."""
+        console = Path(sys.executable).parent / "audio-stitch"
+        if console.exists():
+            return [str(console), "stitch"]
+        package = "audio_stitch" if (ROOT / "audio_stitch" / "__main__.py").exists() else "chalicelib"
+        return [sys.executable, "-m", package, "stitch"]
 
     @staticmethod
     def _parallel_formats() -> set[str]:
@@ -149,7 +157,7 @@ def run(profile: str, data_root: Path, log=print) -> tuple[list[Target], list[Ta
     cores = len(os.sched_getaffinity(0))
     n_p, n_m, n_l, n_l4, n_copy = ROUNDS[profile]
     info = {"binary": binary, "origin": origin, "version": _version(binary), "cores": cores,
-            "join": engine.has_join, "parallel": sorted(engine.parallel_formats), "cli": " ".join(engine.cli[-3:])}
+            "join": engine.has_join, "parallel": sorted(engine.parallel_formats), "cli": " ".join(["python", *engine.cli[1:]] if engine.cli[0] == sys.executable else engine.cli)}
     log(f"ffmpeg for baselines and engine: {binary} ({origin}, {info['version']}); {cores} usable cores")
     log(f"engine: join option {'yes' if engine.has_join else 'not on this checkout'}; parallel formats: "
         f"{', '.join(info['parallel']) or 'none'}; CLI: {' '.join(engine.cli)}")
@@ -291,7 +299,7 @@ stereo, LAME-tagged): {sizes}.
 - **exact re-encode**: the same for M and L, and with `-c:a aac -b:a 128k -f ipod` for m4a (only
   where the engine chunks AAC; otherwise it is single-pass, the same command, and not run).
 - **loudness**: the exact re-encode of M plus `loudness_lufs=-16`, against the plain one.
-- **copy join**: `python -m chalicelib stitch L... -o out` (`--join copy` where the CLI has it)
+- **copy join**: the CLI, `{info['cli']} L... -o out` (`--join copy` where it has that flag),
   against `cat L... > out`.
 
 {table}

@@ -1,7 +1,7 @@
 """Deployment tasks behind `make package`, `make deploy` and `make check`.
 
   render   write .chalice/resources-<stage>.json and .chalice/policy-<stage>.json for every stage
-           from chalicelib.infra (the single definition); `--check` only reports drift
+           from infra (the single definition); `--check` only reports drift
   package  `chalice package --merge-template` into --out (SAM template + deployment.zip)
   deploy   provision the stage's resources, `chalice deploy`, set WEBHOOK_SECRET and /tmp size,
            ensure an API key + usage plan, print the API URL
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import vendor_ffmpeg  # noqa: E402 - scripts/ is sys.path[0] when this file runs
 
-from chalicelib import infra  # noqa: E402
+import infra  # noqa: E402
 
 CHALICE_DIR = ROOT / ".chalice"
 VENV_BIN = Path(sys.executable).parent
@@ -316,8 +316,6 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
             n[:-3].replace("/", ".").removesuffix(".__init__")
             for n in names
             if n.startswith("chalicelib/") and n.endswith(".py")
-            # The local stack and the CLI never run on Lambda (they import moto, start servers).
-            and not Path(n).name.startswith(("local", "__main__", "cli"))
         ) + runtime_modules()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT", "PYTHON"))}
         env.update(infra.stage_environment(stage))

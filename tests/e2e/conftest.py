@@ -1,4 +1,4 @@
-"""The real local stack (`python -m chalicelib run`) as a subprocess, started once per session.
+"""The real local stack (`python -m audio_stitch run`) as a subprocess, started once per session.
 
 Everything it writes goes under a pytest temp dir: the state dir (lock, run.json) and WORK_DIR.
 Ports are ephemeral (``--port 0 --moto-port 0``); readiness is the READY line it prints.
@@ -65,14 +65,14 @@ def stack_env(work_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def start_stack(base: Path, *args: str, env: dict | None = None) -> Stack:
-    """Start `python -m chalicelib run` on ephemeral ports; returns once it printed READY."""
+    """Start `python -m audio_stitch run` on ephemeral ports; returns once it printed READY."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "work").mkdir(exist_ok=True)
     state_dir, log_path = base / "state", base / "stack.log"
     with open(log_path, "wb") as out:
         # Output goes to a file, not a pipe: nobody would drain a pipe and the children would block.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chalicelib", "run", "--port", "0", "--moto-port", "0",
+            [sys.executable, "-m", "audio_stitch", "run", "--port", "0", "--moto-port", "0",
              "--state-dir", str(state_dir), "--exit-with-parent", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(PROJECT_ROOT),
             env=env or stack_env(base / "work"), start_new_session=True,

@@ -1,4 +1,4 @@
-"""Starting and stopping `python -m chalicelib run`: one instance at a time, nothing left behind."""
+"""Starting and stopping `python -m audio_stitch run`: one instance at a time, nothing left behind."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from chalicelib.local import port_in_use
+from devstack.stack import port_in_use
 
 from .conftest import PROJECT_ROOT, http, stack_env, start_stack, stop_stack, wait_for_job
 
 
 def _run(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "chalicelib", "run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "audio_stitch", "run", *args], capture_output=True, text=True,
                           cwd=str(PROJECT_ROOT), env=env, timeout=60, stdin=subprocess.DEVNULL)
 
 
@@ -128,7 +128,7 @@ def test_a_killed_parent_takes_the_whole_stack_with_it(tmp_path):
     launcher = subprocess.Popen(
         [sys.executable, "-c",
          "import subprocess, sys, time\n"
-         f"subprocess.Popen([sys.executable, '-m', 'chalicelib', 'run', '--port', '0', '--moto-port', '0',"
+         f"subprocess.Popen([sys.executable, '-m', 'audio_stitch', 'run', '--port', '0', '--moto-port', '0',"
          f" '--no-seed', '--exit-with-parent', '--state-dir', {str(state_dir)!r}],"
          f" stdout=open({str(log)!r}, 'wb'), stderr=subprocess.STDOUT)\n"
          "time.sleep(600)\n"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.cli import main, parse_part
+from audio_stitch.stitch import main, parse_part
 from tests.audio import decoded_duration, make_tone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_bad_part_exit_2(files, tmp_path, capsys):
 
 def run_cli(args, tty: bool):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "chalicelib", "stitch", *args]
+    cmd = [sys.executable, "-m", "audio_stitch", "stitch", *args]
     if not tty:
         proc = subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
         return proc.returncode, proc.stdout, proc.stderr

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import deploy  # noqa: E402
 
-from chalicelib import infra  # noqa: E402
+import infra  # noqa: E402
 
 REGION = "us-east-1"
 

@@ -1,4 +1,4 @@
-"""chalicelib.infra against moto: what ensure_resources builds, that it converges, and the CLI."""
+"""infra against moto: what ensure_resources builds, that it converges, and the CLI."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import infra
+import infra
 from chalicelib.config import Settings
 
 REGION = "us-east-1"
@@ -159,7 +159,7 @@ def test_provision_cli_reads_stage_from_config(aws, tmp_path, capsys):
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    from chalicelib.__main__ import main
+    from audio_stitch.cli import main
 
     assert main(["provision", "--stage", "x", "--config", str(path), "--region", REGION]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -7,7 +7,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import infra
+import infra
 from chalicelib.config import Settings
 from chalicelib.jobs import (
     FAILED,

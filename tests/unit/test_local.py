@@ -1,4 +1,4 @@
-"""`python -m chalicelib run` pieces that need no child process: environment, locking, ports, moto, seeding."""
+"""`python -m audio_stitch run` pieces that need no child process: environment, locking, ports, moto, seeding."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import infra, local
+import infra
+from devstack import stack as local
 from tests.audio import decoded_duration
 
 CONFIG = {
@@ -149,7 +150,7 @@ def test_seed_samples_uploads_decodable_mp3s(tmp_path):
 
 
 def test_chalice_config_only_fills_in_what_the_supervisor_left_unset(monkeypatch):
-    from chalicelib.localapi import _ParentEnvWins
+    from devstack.api import _ParentEnvWins
 
     monkeypatch.setenv("WORK_DIR", "/from/run")
     monkeypatch.delenv("CACHE_PREFIX", raising=False)

@@ -11,7 +11,7 @@ import pytest
 from chalice import Chalice
 from moto import mock_aws
 
-from chalicelib.localworker import Poller, find_sqs_handler, message_attributes, sqs_event
+from devstack.worker import Poller, find_sqs_handler, message_attributes, sqs_event
 
 QUEUE = "jobs-unit.fifo"
 

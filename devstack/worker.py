@@ -8,14 +8,13 @@ maxReceiveCount receives, SQS's redrive policy moves it to the dead-letter queue
 A handler still running after the function's timeout (WORKER_TIMEOUT_SECONDS) ends the process,
 as Lambda ends the sandbox; the `run` supervisor starts a fresh worker.
 
-Run by ``chalicelib.local`` as ``python -m chalicelib.localworker --queue-url URL``.
+Run by ``devstack.stack`` as ``python -m devstack.worker --queue-url URL``.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.config import PROJECT_ROOT
+from devstack.procs import die_with_parent
 
 # Lambda's long-poll maximum; a stop signal kills the process, so a long wait costs nothing.
 DEFAULT_WAIT_SECONDS = 20
@@ -35,25 +35,6 @@ DEFAULT_WAIT_SECONDS = 20
 
 def log(line: str) -> None:
     print(f"worker | {line}", flush=True)
-
-
-def die_with_parent(parent: int | str | None = None) -> None:
-    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL.
-
-    ``parent`` defaults to $LOCAL_RUN_PARENT_PID, which the `run` supervisor sets for its
-    children: without this a killed supervisor would leave them serving on the stack's ports.
-    """
-    parent = parent or os.environ.get("LOCAL_RUN_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    # The parent may have died before prctl took effect; then nobody would signal us.
-    if os.getppid() != int(parent):
-        sys.exit(f"parent process {parent} is gone")
 
 
 def message_attributes(attrs: dict) -> dict:
@@ -212,7 +193,7 @@ def stop_like_lambda(reason: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chalicelib.localworker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--queue-url", required=True)
     parser.add_argument("--project-dir", default=str(PROJECT_ROOT))
     parser.add_argument("--ready-file", help="created once the app is imported and the queue is reachable")

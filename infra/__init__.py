@@ -1,7 +1,7 @@
 """The service's AWS resources, defined once and rendered two ways.
 
 * ``ensure_resources`` creates or converges them through boto3 (moto for the local stack and the
-  tests, a real account for the ``chalice deploy`` path: ``python -m chalicelib provision``).
+  tests, a real account for the ``chalice deploy`` path: ``python -m audio_stitch provision``).
 * ``cloudformation_template`` renders the same definitions as a template fragment that
   ``chalice package --merge-template`` merges into the generated SAM template.
 * ``iam_policy`` renders the least-privilege policy for the stage from the same names.
@@ -555,8 +555,8 @@ def resolve_region(explicit: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m chalicelib provision --stage S [--endpoint-url URL] [--region R]``."""
-    parser = argparse.ArgumentParser(prog="python -m chalicelib provision", description=__doc__.splitlines()[0])
+    """``python -m audio_stitch provision --stage S [--endpoint-url URL] [--region R]``."""
+    parser = argparse.ArgumentParser(prog="python -m audio_stitch provision", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True)
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
     parser.add_argument("--region")

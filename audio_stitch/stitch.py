@@ -1,4 +1,4 @@
-"""`python -m chalicelib stitch PART... -o OUT [options]`: join local audio files.
+"""`python -m audio_stitch stitch PART... -o OUT [options]`: join local audio files.
 
 Prints the Result as JSON on stdout. A progress bar goes to stderr only when stderr is a
 terminal and the job re-encodes. Bad input exits with status 2 and one line on stderr.
@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import StitchError
+from chalicelib.errors import StitchError
 
 # (flag, Options field, type): the flag is what the user typed, the field what errors name.
 OPTION_FLAGS = (
@@ -37,9 +37,9 @@ part syntax:
   FILE@START-END@GdB   trimmed, then gain G dB (e.g. a.mp3@0-30@-3dB, b.wav@@+2.5dB)
 
 examples:
-  python -m chalicelib stitch intro.mp3 talk.mp3 outro.mp3 -o show.mp3
-  python -m chalicelib stitch a.wav b.m4a@10-70 -o mix.m4a --format m4a --crossfade-ms 2000
-  python -m chalicelib stitch *.mp3 -o all.mp3 --loudness-lufs -16 --gap-ms 500
+  python -m audio_stitch stitch intro.mp3 talk.mp3 outro.mp3 -o show.mp3
+  python -m audio_stitch stitch a.wav b.m4a@10-70 -o mix.m4a --format m4a --crossfade-ms 2000
+  python -m audio_stitch stitch *.mp3 -o all.mp3 --loudness-lufs -16 --gap-ms 500
 """
 
 
@@ -49,7 +49,7 @@ class CliError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m chalicelib stitch", description="Join audio files into one.",
+        prog="python -m audio_stitch stitch", description="Join audio files into one.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("parts", nargs="+", metavar="PART", help="input files in output order (see part syntax)")
@@ -61,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_part(arg: str, index: int):
     """``FILE[@START-END][@GAINdB]`` -> PartInput; a file whose name really has the suffix wins."""
-    from .engine.types import PartInput
-    from .options import PartOptions
+    from chalicelib.engine.types import PartInput
+    from chalicelib.options import PartOptions
 
     m = _SUFFIX.search(arg)
     if not m or m.start() == 0 or Path(arg).exists():
@@ -100,12 +100,12 @@ class _Bar:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m chalicelib stitch``; returns the exit status."""
+    """Entry point for ``python -m audio_stitch stitch``; returns the exit status."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     bar = _Bar() if sys.stderr.isatty() else None
     try:
-        from .engine import stitch
-        from .options import Options
+        from chalicelib.engine import stitch
+        from chalicelib.options import Options
 
         data = {name: getattr(args, name) for _, name, _, _ in OPTION_FLAGS if getattr(args, name) is not None}
         try:

@@ -1,8 +1,8 @@
-"""`python -m chalicelib run` (= `make run`): the whole service on one machine, no AWS account.
+"""`python -m audio_stitch run` (= `make run`): the whole service on one machine, no AWS account.
 
 Starts, in order:
   1. moto's server on 127.0.0.1 (MOTO_PORT, default 4566): S3, SQS, DynamoDB, SES;
-  2. the stage's resources, from the same definitions as AWS (``chalicelib.infra.ensure_resources``);
+  2. the stage's resources, from the same definitions as AWS (``infra.ensure_resources``);
   3. a few generated sample parts in the input bucket (skip with --no-seed);
   4. the API: `chalice local --no-autoreload` on 127.0.0.1 (API_PORT, default 8000);
   5. the worker: long-polls the FIFO queue and feeds the app's real SQS handler.
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chalicelib.config import PROJECT_ROOT, Settings
-from chalicelib.infra import ProvisionError, ensure_resources, stage_environment
+from infra import ProvisionError, ensure_resources, stage_environment
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".chalice" / ".local-run"
@@ -113,7 +113,7 @@ def child_environment(stage: str, moto_url: str, base: dict[str, str] | None = N
         "PYTHONUNBUFFERED": "1",
     })
     env.update(loopback_no_proxy(env))
-    # Let `python -m chalicelib.localworker` resolve from any cwd.
+    # Let `python -m devstack.worker` resolve from any cwd.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_dir), base.get("PYTHONPATH", "")) if p)
     return env
 
@@ -339,7 +339,7 @@ def _port(value: str | None, default: int, name: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m chalicelib run",
+        prog="python -m audio_stitch run",
         description="The whole service on 127.0.0.1: moto as AWS, chalice local as the API, SQS worker(s).")
     parser.add_argument("--port", help=f"API port (env API_PORT, default {DEFAULT_API_PORT}; 0 = any free)")
     parser.add_argument("--moto-port", help=f"moto port (env MOTO_PORT, default {DEFAULT_MOTO_PORT}; 0 = any free)")
@@ -420,10 +420,10 @@ class LocalStack:
         for i, ready_file in enumerate(ready_files, 1):
             # One process per concurrent job, as Lambda runs one event per instance.
             name = f"worker-{i}" if args.workers > 1 else "worker"
-            self.worker_args[name] = ["-m", "chalicelib.localworker", "--queue-url", state.queue_url,
+            self.worker_args[name] = ["-m", "devstack.worker", "--queue-url", state.queue_url,
                                       "--ready-file", str(ready_file)]
             self.children[name] = spawn(self.worker_args[name], env)
-        self.children["api"] = spawn(["-m", "chalicelib.localapi", "--host", HOST, "--port", str(args.port),
+        self.children["api"] = spawn(["-m", "devstack.api", "--host", HOST, "--port", str(args.port),
                                       "--stage", args.stage, "--port-file", str(port_file)], env)
         state.children = {name: proc.pid for name, proc in self.children.items()}
         state.write(self.state_dir)
@@ -435,7 +435,7 @@ class LocalStack:
     def supervise(self) -> None:
         """Run until stopped. A worker that exits is replaced, as Lambda replaces an instance that
         crashed or timed out; the API exiting, or workers crashing in a loop, stops the stack."""
-        from chalicelib.localworker import TIMEOUT_EXIT_STATUS
+        from devstack.worker import TIMEOUT_EXIT_STATUS
 
         recent: list[float] = []
         while True:
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.update(loopback_no_proxy(os.environ))
     if args.exit_with_parent:
-        from chalicelib.localworker import die_with_parent
+        from devstack.procs import die_with_parent
 
         die_with_parent(os.getppid())
     try:

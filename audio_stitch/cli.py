@@ -1,4 +1,4 @@
-"""`python -m chalicelib COMMAND ...` — the CLI.
+"""`python -m audio_stitch COMMAND ...` — the CLI.
 
 Commands:
   stitch     join local audio files into one (prints the Result as JSON)
@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "stitch": ("chalicelib.cli", "main"),
-    "run": ("chalicelib.local", "main"),
-    "provision": ("chalicelib.infra", "main"),
+    "stitch": ("audio_stitch.stitch", "main"),
+    "run": ("devstack.stack", "main"),
+    "provision": ("infra", "main"),
 }
 
 

@@ -6,7 +6,7 @@ local overrides (AWS_ENDPOINT_URL, ALLOW_LOOPBACK_URLS, a generated WEBHOOK_SECR
 that must reach the API and the worker alike; so here the config only fills in what is unset.
 Everything else is Chalice's own code path: CLIFactory -> config -> app -> LocalDevServer.
 
-Run by ``chalicelib.local`` as ``python -m chalicelib.localapi --port N --port-file F``.
+Run by ``devstack.stack`` as ``python -m devstack.api --port N --port-file F``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 from chalicelib.config import PROJECT_ROOT
-from chalicelib.localworker import die_with_parent
+from devstack.procs import die_with_parent
 
 
 class _ParentEnvWins(MutableMapping):
@@ -43,7 +43,7 @@ class _ParentEnvWins(MutableMapping):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chalicelib.localapi")
+    parser = argparse.ArgumentParser(prog="python -m devstack.api")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--stage", default="dev")

@@ -1,0 +1,1 @@
+"""`audio-stitch`: the command line (local stitching, the local stack, provisioning)."""

@@ -1,0 +1,5 @@
+import sys
+
+from audio_stitch.cli import main
+
+sys.exit(main())
