@@ -98,11 +98,8 @@ class Engine:
             from chalicelib.engine import parallel
         except ImportError:
             return set()
-        for name in ("PARALLEL_FORMATS", "FORMATS", "CHUNKED_FORMATS"):
-            value = getattr(parallel, name, None)
-            if value:
-                return set(value)
-        return set()
+        declared = getattr(parallel, "parallel_formats", None)
+        return set(declared()) if callable(declared) else set()
 
     def exact(self, **opts) -> dict:
         """Options for an exact join: ``join=exact`` where the engine has it; before that, a re-encode
