@@ -114,7 +114,7 @@ def run(args: argparse.Namespace, bars: _Bars) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``audio-stitch remote``; returns the exit status."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     bars = _Bars(sys.stderr.isatty())
     try:
         result = run(args, bars)

@@ -75,7 +75,7 @@ class _Bar:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``audio-stitch stitch``; returns the exit status."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     bar = _Bar() if sys.stderr.isatty() else None
     try:
         from chalicelib.engine import stitch
