@@ -52,9 +52,20 @@ def test_miss_renders_inline_then_the_same_request_is_a_cache_hit(env):
 
     status, hit = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"]})
     assert status == 200 and hit["cached"] is True and hit["cache_key"] == body["cache_key"]
-    for name in ("size_bytes", "duration_s", "parts", "format", "mode"):
+    for name in ("size_bytes", "duration_s", "parts", "format", "mode", "join", "added_silence_ms"):
         assert hit[name] == body[name], name
     assert env.messages() == []  # nothing was queued
+
+
+def test_join_policy_reaches_the_engine_and_the_body(env):
+    _ab(env)
+    _, exact = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "exact"})
+    assert (exact["join"], exact["mode"], exact["added_silence_ms"]) == ("exact", "encode", 0.0)
+    _, copy = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
+    assert copy["cache_key"] != exact["cache_key"]  # join is an option: part of the key
+    assert (copy["join"], copy["mode"]) == ("copy", "copy") and copy["added_silence_ms"] > 20
+    _, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
+    assert hit["cached"] is True and hit["join"] == "copy" and hit["added_silence_ms"] == copy["added_silence_ms"]
 
 
 def test_order_matters_and_a_replaced_input_changes_the_key(env):
