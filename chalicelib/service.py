@@ -33,16 +33,6 @@ PROGRESS_STEP = 0.05
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
-def _copy_likely(spec: StitchSpec) -> bool:
-    """Whether the engine can probably join without re-encoding (cheap enough for a large inline job).
-
-    A guess from names and options only; the engine decides for real after probing.
-    """
-    o = spec.options
-    return o.format == "mp3" and not o.needs_decode and all(
-        p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
-
-
 @dataclass(frozen=True)
 class Cached:
     """Answered from the cache: the stored result, with a freshly presigned link."""
@@ -161,11 +151,22 @@ class StitchService:
             if hit is not None:
                 return Cached(hit, *self._link(hit))
             total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
-            limit = s.inline_max_bytes if _copy_likely(spec) else min(s.inline_max_bytes, s.inline_encode_max_bytes)
-            if not spec.force_async and total <= limit:
+            if not spec.force_async and self._fits_inline(spec, total):
                 rendered = self._render_inline(key, spec, identities)
                 return Rendered(rendered, *self._link(rendered))
         return self._enqueue(key, spec, identities)
+
+    def _fits_inline(self, spec: StitchSpec, total_bytes: int) -> bool:
+        """Small enough to render within the request: a frame copy has a larger budget than a re-encode."""
+        s = self.settings
+        if total_bytes <= min(s.inline_max_bytes, s.inline_encode_max_bytes):
+            return True
+        if total_bytes > s.inline_max_bytes:
+            return False
+        # Only here is the guess needed, and the engine package worth importing (it renders next).
+        from .engine.estimate import copy_likely
+
+        return copy_likely(spec.options, [(p.name, p.options) for p in spec.parts])
 
     def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> Queued:
         """Create or join the job for this cache key, adding this request's notify targets."""
