@@ -12,22 +12,22 @@ import shutil
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .errors import BadRequest, NotFound, PartNotFound, StitchError, TransientError, part_label
+from .errors import BadRequest, NotFound, StitchError, TransientError
 from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
 from .results import StoredResult
-from .spec import JOB_ID, PartIdentity, StitchSpec, cache_key, output_key, parse_request
-from .store import ObjectChanged, ObjectMissing, Store, as_transient
+from .sources.base import Source
+from .spec import JOB_ID, PartIdentity, PartSpec, StitchSpec, cache_key, output_key, parse_request
+from .store import Store, as_transient
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_WORKERS = 8
 PROGRESS_INTERVAL_S = 2.0
 PROGRESS_STEP = 0.05
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -97,14 +97,14 @@ class StitchService:
     """Use cases over injected adapters; ``stitch``/``sources`` default to the real modules."""
 
     def __init__(self, settings: Settings, store: Store, jobs: JobStore, queue: JobQueue, notifier: Notifier,
-                 *, stitch=None, sources=None, clock=time.time):
+                 *, sources: Mapping[str, Source], stitch=None, clock=time.time):
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.queue = queue
         self.notifier = notifier
         self._stitch = stitch
-        self._sources = sources
+        self.sources = sources  # by the request field that names such a part: "key", "url"
         self.clock = clock
 
     # -- lazily bound collaborators -----------------------------------------------------------
@@ -116,49 +116,40 @@ class StitchService:
             self._stitch = stitch
         return self._stitch
 
-    @property
-    def sources(self):
-        if self._sources is None:
-            from . import sources
+    def _by_source(self, parts) -> list[tuple[Source, list[PartSpec]]]:
+        """The parts grouped by the source that reads them, in the sources' order."""
+        return [(src, group) for kind, src in self.sources.items()
+                if (group := [p for p in parts if p.kind == kind])]
 
-            self._sources = sources
-        return self._sources
+    def _identify(self, spec: StitchSpec) -> list[PartIdentity]:
+        identities: list[PartIdentity | None] = [None] * len(spec.parts)
+        for src, parts in self._by_source(spec.parts):
+            for p, ident in zip(parts, src.identify(parts), strict=True):
+                identities[p.index] = ident
+        return identities
 
     # -- POST /stitch ---------------------------------------------------------------------------
     def submit(self, body: dict) -> Cached | Rendered | Queued:
         """Validate, then answer from the cache, render inline or queue a job."""
         s = self.settings
         spec = parse_request(body, s)
-        key_parts = [p for p in spec.parts if p.key is not None]
-        unique = list(dict.fromkeys(p.key for p in key_parts))  # a jingle used 10 times is one HEAD
-        heads = dict(zip(unique, self.store.head_many(s.bucket_input, unique), strict=True))
-        by_index = {}
-        for part in key_parts:
-            info = heads[part.key]
-            if info is None:
-                raise PartNotFound(
-                    f"{part_label(part.index, part.key)}: no such key in bucket {s.bucket_input}", part=part.index
-                )
-            by_index[part.index] = info
-        identities = [
-            PartIdentity.of_object(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
-            if p.key is not None else PartIdentity.of_url(p)
-            for p in spec.parts
-        ]
+        identities = self._identify(spec)
         key = cache_key(identities, spec.options)
-        if not spec.has_urls:
+        if all(i.settled for i in identities):
             hit = self.cached_result(key, spec.options)
             if hit is not None:
                 return Cached(hit, *self._link(hit))
-            total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
-            if not spec.force_async and self._fits_inline(spec, total):
+            if not spec.force_async and self._fits_inline(spec, identities):
                 rendered = self._render_inline(key, spec, identities)
                 return Rendered(rendered, *self._link(rendered))
         return self._enqueue(key, spec, identities)
 
-    def _fits_inline(self, spec: StitchSpec, total_bytes: int) -> bool:
+    def _fits_inline(self, spec: StitchSpec, identities: list[PartIdentity]) -> bool:
         """Small enough to render within the request: a frame copy has a larger budget than a re-encode."""
         s = self.settings
+        if any(i.size_bytes is None for i in identities):
+            return False
+        total_bytes = sum(i.size_bytes for i in identities)  # repeats count: they cost render time
         if total_bytes <= min(s.inline_max_bytes, s.inline_encode_max_bytes):
             return True
         if total_bytes > s.inline_max_bytes:
@@ -247,43 +238,17 @@ class StitchService:
     def _render_inline(self, key: str, spec: StitchSpec, identities: list[PartIdentity]) -> StoredResult:
         workdir = self._workdir(key)
         try:
-            paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
+            paths = self._fetch(spec, identities, workdir, inline=True)
             return self._render(key, spec, paths, workdir, progress=None)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _download_keys(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *,
-                       changed_is_transient: bool) -> dict[int, Path]:
-        """Download every bucket part concurrently, pinned to the ETag/VersionId in the cache key."""
-        s = self.settings
-
-        def one(part):
-            ident = identities[part.index]
-            target = workdir / f"part-{part.index:03d}{Path(part.key).suffix[:10]}"
-            try:
-                return part.index, self.store.download(
-                    ident.bucket or s.bucket_input, part.key, target, etag=ident.etag, version_id=ident.version_id,
-                )
-            except ObjectMissing:
-                raise PartNotFound(f"{part_label(part.index, part.key)}: no such key in bucket "
-                                   f"{s.bucket_input}", part=part.index) from None
-            except ObjectChanged:
-                message = f"{part_label(part.index, part.key)}: the object was replaced while the request ran"
-                if changed_is_transient:
-                    raise TransientError(message + "; retry", part=part.index) from None
-                raise PartNotFound(message + "; submit the request again", part=part.index) from None
-
-        # Parts reading the same object version share one download (the engine only reads them).
-        firsts: dict[tuple, object] = {}
-        for p in spec.parts:
-            if p.key is not None:
-                firsts.setdefault(identities[p.index].object_ref, p)
-        if not firsts:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(firsts))) as pool:
-            got = dict(pool.map(one, firsts.values()))
-        return {p.index: got[firsts[identities[p.index].object_ref].index]
-                for p in spec.parts if p.key is not None}
+    def _fetch(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *, inline: bool,
+               progress=None) -> dict[int, Path]:
+        paths: dict[int, Path] = {}
+        for src, parts in self._by_source(spec.parts):
+            paths.update(src.fetch(parts, identities, workdir, inline=inline, progress=progress))
+        return paths
 
     def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path,
                 progress) -> StoredResult:
@@ -372,28 +337,22 @@ class StitchService:
         self.notify(done)
 
     def _execute(self, job: Job) -> dict:
-        """Identify URL parts, check the content cache, fetch what is missing, render, store."""
+        """Settle what the request could not identify, check the content cache, fetch, render, store."""
         s = self.settings
         spec = StitchSpec.from_dict(job.spec["request"], s)
         identities = [PartIdentity.from_dict(i) if i is not None else None for i in job.spec["identities"]]
         workdir = self._workdir(job.job_id)
         try:
-            url_parts = [p for p in spec.parts if p.url is not None]
-            for p in url_parts:
-                info = self.sources.identify_url(p.url, index=p.index, settings=s)
-                identities[p.index] = PartIdentity.of_source(p, info.source_id)
+            for src, parts in self._by_source([p for p in spec.parts if identities[p.index] is None]):
+                for p, ident in zip(parts, src.settle(parts), strict=True):
+                    identities[p.index] = ident
             key = cache_key(identities, spec.options)
             hit = self.cached_result(key, spec.options)
             if hit is not None:
                 return hit.to_record(cached=True)
             # Fetching is the first tenth of the progress bar, the engine the rest.
             fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1)
-            paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
-            for n, p in enumerate(url_parts, 1):
-                fetched = self.sources.fetch_url(p.url, index=p.index, workdir=workdir, settings=s,
-                                                 s3_client=self.store.s3)
-                paths[p.index] = Path(fetched.path)
-                fetching(n / len(url_parts))
+            paths = self._fetch(spec, identities, workdir, inline=False, progress=fetching)
             progress = ProgressReporter(self.jobs, job)
             progress(0.0)
             return self._render(key, spec, paths, workdir, progress).to_record(cached=False)

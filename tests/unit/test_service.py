@@ -59,12 +59,12 @@ def test_miss_renders_inline_then_the_same_request_is_a_cache_hit(env):
 
 def test_join_policy_reaches_the_engine_and_the_body(env):
     _ab(env)
-    _, exact = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "exact"})
+    _, exact = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "join": "exact"})
     assert (exact["join"], exact["mode"], exact["added_silence_ms"]) == ("exact", "encode", 0.0)
-    _, copy = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
+    _, copy = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
     assert copy["cache_key"] != exact["cache_key"]  # join is an option: part of the key
     assert (copy["join"], copy["mode"]) == ("copy", "copy") and copy["added_silence_ms"] > 20
-    _, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
+    _, hit = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
     assert hit["cached"] is True and hit["join"] == "copy" and hit["added_silence_ms"] == copy["added_silence_ms"]
 
 
@@ -473,7 +473,7 @@ class CountingStore(Store):
 
 def test_a_part_used_many_times_is_read_once(env):
     _ab(env, a=0.5, b=1.0)
-    env.service.store = CountingStore(env.s3)
+    env.service.store = env.service.sources["key"].store = CountingStore(env.s3)
     _, body = _submit(env.service, {"message_parts": ["a.mp3", "b.mp3", "a.mp3", {"key": "a.mp3", "gain_db": -6}]})
     assert body["duration_s"] == pytest.approx(2.5, abs=0.1) and len(body["parts"]) == 4
     inputs = [k for k in env.service.store.heads if not k.startswith("cache/")]
