@@ -86,7 +86,7 @@ def test_queued_job_through_the_sqs_handler(env):
 
 
 def test_last_receive_marks_failed_and_the_handler_raises_for_the_dlq(env):
-    from tests.unit.test_service import Flaky
+    from tests.unit.stitchenv import Flaky
 
     svc = build_service(env.settings, stitch=Flaky(99))
     app_module.set_service(svc)
