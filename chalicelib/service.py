@@ -60,12 +60,19 @@ def _decode_spans(text: str) -> list[dict]:
     return spans
 
 
-def _copy_likely(spec: StitchSpec) -> bool:
+# join=auto copies only parts long enough for the padding kept at a join to be inaudible (about
+# 4.5 s); smaller objects than this are likely shorter, so their join is likely a re-encode.
+AUTO_COPY_MIN_PART_BYTES = 100_000
+
+
+def _copy_likely(spec: StitchSpec, sizes: list[int] | None = None) -> bool:
     """Whether the engine can probably join without re-encoding (cheap enough for a large inline job).
 
-    A guess from names and options only; the engine decides for real after probing.
+    A guess from names, options and object sizes only; the engine decides for real after probing.
     """
     o = spec.options
+    if o.join == "auto" and sizes is not None and min(sizes, default=0) < AUTO_COPY_MIN_PART_BYTES:
+        return False
     return o.format == "mp3" and not o.needs_decode and all(
         p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
 
@@ -158,7 +165,9 @@ class StitchService:
             if hit is not None:
                 return 200, self.public_result(hit, cached=True)
             total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
-            limit = s.inline_max_bytes if _copy_likely(spec) else min(s.inline_max_bytes, s.inline_encode_max_bytes)
+            sizes = [info.size for info in by_index.values()]
+            limit = (s.inline_max_bytes if _copy_likely(spec, sizes)
+                     else min(s.inline_max_bytes, s.inline_encode_max_bytes))
             if not spec.force_async and total <= limit:
                 return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
         return 202, self._enqueue(key, spec, identities)

@@ -137,8 +137,10 @@ def test_work_that_needs_a_re_encode_has_a_smaller_inline_budget(tmp_path):
     with mock_aws():
         e = make_env(tmp_path, inline_max_bytes=10_000_000, inline_encode_max_bytes=10_000)
         _ab(e)  # ~40 KB of MP3
-        assert e.service.submit({"message_parts": ["a.mp3", "b.mp3"]})[0] == 200  # a frame-level copy
-        for variant in ({"message_parts": ["a.mp3", "b.mp3"], "gap_ms": 100},
+        assert e.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})[0] == 200  # frame-level
+        for variant in ({"message_parts": ["a.mp3", "b.mp3"]},  # auto: parts this short get an exact join
+                        {"message_parts": ["a.mp3", "b.mp3"], "join": "exact"},
+                        {"message_parts": ["a.mp3", "b.mp3"], "gap_ms": 100},
                         {"message_parts": ["a.mp3", {"key": "b.mp3", "end_s": 1}]},
                         {"message_parts": ["a.mp3", "b.mp3"], "format": "wav"}):
             assert e.service.submit(variant)[0] == 202, variant
