@@ -5,11 +5,12 @@ import threading
 
 import pytest
 
-from chalicelib import service as service_mod
+from chalicelib import results
+from chalicelib.bootstrap import build_service
 from chalicelib.errors import NotFound, PartNotFound, TransientError, UnsupportedAudio
 from chalicelib.jobs import QUEUED, RUNNING
 from chalicelib.notify import verify
-from chalicelib.service import ProgressReporter, build_service
+from chalicelib.service import ProgressReporter
 from chalicelib.store import Store
 from tests.audio import decoded_duration
 from tests.unit.stitchenv import SECRET, Receiver, make_env
@@ -385,7 +386,7 @@ def test_cache_object_without_metadata_is_rendered_again(env):
 
 
 def test_long_part_lists_keep_their_spans_in_a_sidecar(env, monkeypatch):
-    monkeypatch.setattr(service_mod, "MAX_PARTS_METADATA", 10)
+    monkeypatch.setattr(results, "MAX_PARTS_METADATA", 10)
     _ab(env)
     _, first = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
     sidecar = f"cache/{first['cache_key']}.mp3.json"
