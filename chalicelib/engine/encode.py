@@ -37,15 +37,20 @@ def bitrate(options: Options) -> str | None:
     return None if fmt.lossless else options.bitrate or DEFAULT_BITRATE.get(fmt.name)
 
 
-def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str]:
-    """One ffmpeg reading f32le on stdin and writing ``out_path`` (progress on stdout)."""
+def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
+    """The encoder's output options (``parallel.encoder_args`` matches them) and the output."""
     fmt = options.output_format
     args = ["-c:a", fmt.codec]
-    rate = bitrate(options)
-    if rate:
-        args += ["-b:a", rate]
-    return ffmpeg_command("-progress", "pipe:1", "-y", *layout.pcm_args(), "-i", "pipe:0", *args,
-                          "-map_metadata", "-1", "-f", fmt.muxer, out_path)
+    kbps = bitrate(options)
+    if kbps:
+        args += ["-b:a", kbps]
+    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
+
+
+def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str]:
+    """One ffmpeg reading f32le on stdin and writing ``out_path`` (progress on stdout)."""
+    return ffmpeg_command("-progress", "pipe:1", "-y", *layout.pcm_args(), "-i", "pipe:0",
+                          *_encoder_args(options, layout.rate, layout.channels, out_path))
 
 
 def _parallel():
