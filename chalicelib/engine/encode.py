@@ -6,6 +6,7 @@ Opus pre-skip), so decoders play exactly the samples it was fed. Formats that
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ..options import SAMPLE_RATES, Options
 from .graph import Layout
 from .probe import AudioInfo
 
+log = logging.getLogger(__name__)
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 
 
@@ -102,7 +104,9 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
         if code != 0:
             err.seek(0)
             tail = err.read()[-2000:].decode("utf-8", "replace").strip()
-            raise StitchError(f"ffmpeg failed (exit {code}): {tail}")
+            # The tool's own words go to the log, not to the client.
+            log.warning("encoder failed (exit %s): %s", code, tail)
+            raise StitchError(f"ffmpeg failed (exit {code}) while encoding the output")
 
 
 def decodes(info: AudioInfo) -> bool:

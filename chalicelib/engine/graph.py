@@ -8,6 +8,7 @@ streaming into the pipe in order.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import tempfile
@@ -21,6 +22,8 @@ from ..ffmpeg import ffmpeg_command
 from ..options import Options
 from .loudness import apply_level, measuring, needs_level
 from .segment import Segment, fades
+
+log = logging.getLogger(__name__)
 
 
 class DecodeFailed(StitchError):
@@ -121,7 +124,9 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
             dec.stdout.close()
             code = dec.wait()
         if code != 0:
-            raise DecodeFailed(f"ffmpeg failed (exit {code}): {_tail(err)}")
+            # The tool's own words go to the log, not to the client.
+            log.warning("decoder failed (exit %s): %s", code, _tail(err))
+            raise DecodeFailed(f"ffmpeg failed (exit {code}) while decoding the parts")
 
 
 def streams_parts(options: Options, segments: list[Segment], layout: Layout) -> bool:

@@ -354,6 +354,7 @@ def test_streamed_encoder_failure_is_not_blamed_on_a_part(clips, tmp_path, monke
         stitch([PartInput(clips["quiet"]), PartInput(clips["loud"])], tmp_path / "o.mp3",
                Options.from_dict({"loudness_lufs": -16}))
     assert type(exc.value) is StitchError and "ffmpeg failed" in exc.value.message
+    assert "no-such-option" not in exc.value.message  # the tool's own output stays in the log
     assert leftovers(tmp_path, set()) == []
 
 
