@@ -156,6 +156,17 @@ def test_exact_join_with_gap_trim_and_fades_is_sample_exact(files, tmp_path, fmt
     assert [p.start_s for p in result.parts] == [0.0, 1.1, 2.45]
 
 
+@pytest.mark.parametrize("loudness", [None, -20])
+def test_exact_crossfade_is_sample_exact(files, tmp_path, loudness):
+    out = tmp_path / "xf.mp3"
+    data = {"crossfade_ms": 200, **({"loudness_lufs": loudness} if loudness else {})}
+    result = stitch([PartInput(files["ff1"]), PartInput(files["wav"]), PartInput(files["ff07"])], out,
+                    Options.from_dict(data))
+    expected = 44100 + 44100 + 30870 - 2 * 8820
+    assert round(result.duration_s * 44100) == expected and both(out) == (expected, expected)
+    assert [p.start_s for p in result.parts] == [0.0, 0.8, 1.6]
+
+
 def test_auto_copies_long_parts_and_re_encodes_short_ones(files, tmp_path):
     # At 44.1 kHz LAME keeps about 1,600 samples at a join: 1 % of 3.6 s.
     long_ = [PartInput(files["ff6"]), PartInput(files["ff6"])]
