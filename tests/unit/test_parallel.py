@@ -263,6 +263,37 @@ def test_chunked_mp3_is_exact_and_seams_are_clean(tmp_path, rate, channels, bitr
     assert snr_db(x, dp) >= snr_db(x, ds) - 0.5  # (c)
 
 
+def test_a_seam_whose_reservoir_does_not_fit_moves_onto_the_previous_chunks_frames(tmp_path, monkeypatch):
+    """When chunk k's first frame cannot be placed even at 320k, chunk k-1's own version of that frame
+    (from its post-roll) is used and the seam moves one frame; the output stays exact and clean."""
+    refused = []
+    fits = Relayer.fits
+
+    def every_other_seam_frame_refused(self, frame):
+        if len(refused) % 2 == 0 or refused[-1] is not None:
+            refused.append(None)
+            return False
+        refused.append(frame)
+        return fits(self, frame)
+
+    monkeypatch.setattr(Relayer, "fits", every_other_seam_frame_refused)
+    rate, chunk_s = 44100, 2.0
+    x = music(12, rate, 2)
+    par = encode(x, tmp_path / "par.mp3", rate, workers=2, chunk_s=chunk_s)
+    assert refused.count(None) == par.chunks - 1 == 5  # one refusal per seam
+    monkeypatch.setattr(Relayer, "fits", fits)
+    encode(x, tmp_path / "one.mp3", rate, workers=1)
+    dp, ds = ffmpeg_decode(tmp_path / "par.mp3", 2), ffmpeg_decode(tmp_path / "one.mp3", 2)
+    assert len(dp) == len(sndfile_decode(tmp_path / "par.mp3")) == len(x)
+    assert snr_db(x, dp) >= snr_db(x, ds) - 0.5
+    err = window_rms(x - dp, rate // 100)
+    seam = np.zeros(len(err), bool)
+    for k in range(1, par.chunks):
+        at = k * chunk_samples(chunk_s, rate) - 576 - DECODER_DELAY
+        seam[(at - 2 * 1152) // 441:(at + 3 * 1152) // 441 + 1] = True
+    assert err[seam].max() <= err[~seam].max()
+
+
 PRE, POST = parallel.PRE_ROLL_FRAMES * 576, parallel.POST_ROLL_FRAMES * 576
 
 
