@@ -32,6 +32,7 @@ import soundfile
 
 from chalicelib.engine import encode as encode_module
 from chalicelib.engine import parallel
+from chalicelib.engine.graph import Layout
 from chalicelib.engine.mp3 import parse_header, peek
 from chalicelib.engine.mp3.reservoir import (
     Frame,
@@ -345,8 +346,13 @@ def test_encoder_args_are_the_encode_paths(fmt):
     for bitrate in (None, "96k"):
         if bitrate and FORMATS[fmt].lossless:
             continue
-        expected = encode_module._encoder_args(Options(format=fmt, bitrate=bitrate), 44100, 2, "OUT")
-        assert parallel.encoder_args(fmt, 44100, 2, bitrate) + ["-f", FORMATS[fmt].muxer, "OUT"] == expected
+        options = Options(format=fmt, bitrate=bitrate)
+        cmd = encode_module.encoder_command(options, Layout(44100, 2), "OUT")
+        ours = parallel._Job(fmt, 44100, 2, bitrate, None, None).input_args("pipe:0")
+        ours += parallel.encoder_args(fmt, bitrate) + ["-f", FORMATS[fmt].muxer, "OUT"]
+        assert [a for a in ours if a != "-y"] == [a for a in cmd if a not in ("-y", "-progress", "pipe:1")]
+        # what the encode path hands over (its bitrate, resolved) gives the same options
+        assert parallel.encoder_args(fmt, encode_module.bitrate(options)) == parallel.encoder_args(fmt, bitrate)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "m4a", "ogg"])
