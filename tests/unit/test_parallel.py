@@ -324,6 +324,25 @@ def test_chunk_length_follows_the_total_and_short_inputs_take_one_pass(tmp_path)
         assert len(ffmpeg_decode(tmp_path / f"{name}.mp3", 1)) == n
 
 
+def test_chunks_on_disk_stay_bounded(tmp_path, monkeypatch):
+    """At most workers + 2 chunks (PCM or MP3) exist at once, however long the input."""
+    seen = []
+    encode_chunk = parallel._encode_chunk
+
+    def counting(c, job, children):
+        seen.append(len({p.stem for p in c.pcm_path.parent.iterdir()}))
+        time.sleep(0.05)  # encoders slower than the reader: the reader has to wait
+        return encode_chunk(c, job, children)
+
+    monkeypatch.setattr(parallel, "_encode_chunk", counting)
+    x = speech(40, 8000, 1)
+    r = encode(x, tmp_path / "a.mp3", 8000, workers=2, chunk_s=1.0)
+    assert r.chunks == len(seen) >= 30
+    assert 3 <= max(seen) <= 2 + 2  # reached, never exceeded
+    assert len(ffmpeg_decode(tmp_path / "a.mp3", 1)) == len(x)
+    assert _leftovers(tmp_path) == ["a.mp3"]
+
+
 def test_progress_follows_the_pcm_and_ends_at_one(tmp_path):
     x = speech(12, 8000, 1)
     seen = []
