@@ -205,11 +205,16 @@ class _Children:
                     proc.wait(timeout=10)
 
 
-def _read_samples(pcm: BinaryIO, job: _Job) -> tuple[bytes, bytes]:
-    """One block of whole samples, and the bytes of a sample cut in half (kept for the next)."""
-    block = pcm.read(_READ_BYTES)
-    cut = len(block) % job.sample_bytes if block else 0
-    return (block[:len(block) - cut], block[len(block) - cut:]) if cut else (block, b"")
+def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes] | None:
+    """The next whole samples (maybe none: a pipe may return a few bytes) and the bytes of a sample
+    cut in half, kept for the next call; None at EOF."""
+    data = pcm.read(_READ_BYTES)
+    if not data:
+        return None
+    if carry:
+        data = carry + data
+    cut = len(data) % job.sample_bytes
+    return (data[:len(data) - cut], data[len(data) - cut:]) if cut else (data, b"")
 
 
 def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
@@ -222,13 +227,8 @@ def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
         proc = children.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
             carry = b""
-            while True:
-                block, rest = _read_samples(pcm, job)
-                if carry:
-                    block, rest = _whole(carry + block + rest, job)
-                carry = rest
-                if not block:
-                    break
+            while (got := _read_samples(pcm, job, carry)) is not None:
+                block, carry = got
                 try:
                     proc.stdin.write(block)
                 except BrokenPipeError:
@@ -247,11 +247,6 @@ def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     if job.fmt == "mp3":
         delay, padding = _mp3_tag_delay_padding(tmp)
     return Encoded(consumed, delay, padding, chunks=1, workers=1)
-
-
-def _whole(data: bytes, job: _Job) -> tuple[bytes, bytes]:
-    cut = len(data) % job.sample_bytes
-    return (data[:len(data) - cut], data[len(data) - cut:]) if cut else (data, b"")
 
 
 def _mp3_tag_delay_padding(path: Path) -> tuple[int, int]:
@@ -315,13 +310,8 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
             chunks.put(c)
 
         carry = b""
-        while True:
-            block, rest = _read_samples(pcm, job)
-            if carry:
-                block, rest = _whole(carry + block + rest, job)
-            carry = rest
-            if not block:
-                break
+        while (got := _read_samples(pcm, job, carry)) is not None:
+            block, carry = got
             view = memoryview(block)
             while view:
                 if consumed == next_open:

@@ -358,6 +358,27 @@ def test_a_partial_sample_at_the_end_is_dropped(tmp_path):
     assert r.samples == len(x) and len(ffmpeg_decode(tmp_path / "a.mp3", 2)) == len(x)
 
 
+class _Trickle(io.RawIOBase):
+    """A raw pipe: every read returns what happens to be there, often less than one sample."""
+
+    def __init__(self, data: bytes, seed: int = 4):
+        self._data, self._pos, self._rng = data, 0, np.random.default_rng(seed)
+
+    def read(self, n=-1):
+        size = int(self._rng.choice([1, 3, 5, 7, 4093, 65537]))
+        block = self._data[self._pos:self._pos + min(n, size)]
+        self._pos += len(block)
+        return block
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_short_reads_are_not_the_end(tmp_path, workers):
+    x = speech(4, 8000, 2)
+    r = parallel.encode_pcm(_Trickle(x.tobytes()), tmp_path / "a.mp3", fmt="mp3", rate=8000, channels=2,
+                            workers=workers, chunk_s=1.0)
+    assert r.samples == len(x) and len(ffmpeg_decode(tmp_path / "a.mp3", 2)) == len(x)
+
+
 # -- other formats: one pass, same encoder options as the encode path ----------------------------
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
