@@ -464,10 +464,11 @@ def test_a_failing_source_stops_the_encoders_and_cleans_up(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     src = _FailingPcm(x.tobytes(), fail_after=len(x.tobytes()) // 2)
+    before = set(_children_of_us())  # other tests' servers may be running
     with pytest.raises(OSError, match="decoder died"):
         parallel.encode_pcm(src, out / "a.mp3", fmt="mp3", rate=16000, channels=2, workers=2, chunk_s=1.0)
     assert _leftovers(out) == []
-    assert _children_of_us() == []
+    assert set(_children_of_us()) <= before
 
 
 def test_children_die_with_the_thread_that_started_them():
