@@ -159,7 +159,8 @@ class StitchService:
         # Only here is the guess needed, and the engine package worth importing (it renders next).
         from .engine.estimate import copy_likely
 
-        return copy_likely(spec.options, [(p.name, p.options) for p in spec.parts])
+        return copy_likely(spec.options, [(p.name, p.options) for p in spec.parts],
+                           sizes=[i.size_bytes for i in identities])
 
     def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> Queued:
         """Create or join the job for this cache key, adding this request's notify targets."""

@@ -172,8 +172,9 @@ def test_inputs_over_the_inline_limit_are_queued(tmp_path):
 def test_work_that_needs_a_re_encode_has_a_smaller_inline_budget(tmp_path):
     e = make_fake_env(tmp_path, inline_max_bytes=10_000_000, inline_encode_max_bytes=10_000)
     _ab(e)  # ~40 KB
-    assert isinstance(e.service.submit({"message_parts": ["a.mp3", "b.mp3"]}), Rendered)  # a frame-level copy
-    for variant in ({"message_parts": ["a.mp3", "b.mp3"], "gap_ms": 100},
+    assert isinstance(e.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"}), Rendered)  # frames
+    for variant in ({"message_parts": ["a.mp3", "b.mp3"]},  # auto: parts this short get an exact join
+                    {"message_parts": ["a.mp3", "b.mp3"], "gap_ms": 100},
                     {"message_parts": ["a.mp3", {"key": "b.mp3", "end_s": 1}]},
                     {"message_parts": ["a.mp3", "b.mp3"], "format": "wav"},
                     {"message_parts": ["a.mp3", "b.mp3"], "join": "exact"}):
