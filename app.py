@@ -48,6 +48,36 @@ def set_service(service) -> None:
     _service = service
 
 
+# Chalice answers some requests itself, before a view runs, as {"Code", "Message"}: rewritten to
+# the documented error shape. (API Gateway's own answers, e.g. the 403 for an unknown route, never
+# reach Lambda: see docs/TROUBLESHOOTING.md.)
+_CHALICE_ERRORS = {
+    "MethodNotAllowedError": ("method_not_allowed", "method"),
+    "UnsupportedMediaType": ("unsupported_media_type", "Content-Type"),
+    "BadRequest": ("bad_request", "Accept"),
+    "InternalServerError": ("internal_error", None),
+}
+
+
+@app.middleware("http")
+def _error_shape(event, get_response):
+    response = get_response(event)
+    body = response.body
+    if isinstance(body, dict) and set(body) == {"Code", "Message"} and body["Code"] in _CHALICE_ERRORS:
+        code, field = _CHALICE_ERRORS[body["Code"]]
+        message = body["Message"]
+        if code == "method_not_allowed":
+            message += f" on {event.path}; allowed: {response.headers.get('Allow', '')}"
+        elif code == "unsupported_media_type":
+            message += "; send Content-Type: application/json"
+        elif code == "internal_error":
+            message = "internal error"
+        response.body = {"error": {"code": code, "message": message, **({"field": field} if field else {})}}
+        response.headers["Content-Type"] = "application/json"
+        log.info("%s %s %d error=%s", event.method, event.path, response.status_code, code)
+    return response
+
+
 def _json_body() -> dict:
     from chalicelib.spec import parse_body
 
@@ -60,17 +90,16 @@ def _handle(action) -> Response:
     started = time.monotonic()
     try:
         status, body = action()
-    except StitchError as exc:
-        status, body = exc.status, {"error": exc.to_dict()}
-        if status >= 500 and status != 503:
-            # An untyped failure (e.g. ffmpeg died): its details are for the log, not the client.
-            log.error("error on %s %s: %s", request.method, request.path, exc, exc_info=True)
-            body = {"error": {"code": exc.code, "message": "internal error"}}
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        status, body = 500, {"error": {"code": "internal_error", "message": "internal error"}}
+    except Exception as exc:
+        from chalicelib.faults import public_error
+
+        error = public_error(exc, where=f"{request.method} {request.path}")
+        if error is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = StitchError("internal error")
+        status, body = error.status, {"error": error.to_dict()}
     headers = {"Content-Type": "application/json"}
-    if status == 503:
+    if status in (503, 507):
         headers["Retry-After"] = "5"
     ident = body.get("job_id") or body.get("cache_key") or body.get("key") or ""
     code = body.get("error", {}).get("code", "") if status >= 400 else ""

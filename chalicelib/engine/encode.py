@@ -154,8 +154,8 @@ def _fades(options: Options, total_s: float) -> list[str]:
 def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
     fmt = options.output_format
     args = ["-c:a", fmt.codec]
-    bitrate = options.bitrate or DEFAULT_BITRATE.get(fmt.name)
-    if bitrate and not fmt.lossless:
+    bitrate = None if fmt.lossless else options.encoder_bitrate(rate, channels, DEFAULT_BITRATE.get(fmt.name))
+    if bitrate:
         args += ["-b:a", bitrate]
     return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
 
