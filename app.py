@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
 from chalicelib.config import Settings, get_settings
 from chalicelib.errors import StitchError
@@ -29,23 +29,27 @@ if not logging.getLogger().handlers and not _lib_log.handlers:
 
 # Read when Chalice loads the app, with the stage's environment (deploy, package and local alike).
 _REQUIRE_API_KEY = Settings.from_env().require_api_key
-_service = None
+_services: dict[str, object] = {}
 
 
-def get_service():
-    """The process-wide service, built on first use (boto3 clients included)."""
-    global _service
-    if _service is None:
+def get_service(role: str = "api"):
+    """The process-wide service for ``role``, built on first use (boto3 clients included).
+
+    ``api`` clients have short deadlines (a hung AWS call answers 503 well inside API Gateway's
+    29 s); the ``worker``'s (the SQS handler and the sweeper) are patient.
+    """
+    if role not in _services:
         from chalicelib.service import build_service
 
-        _service = build_service(get_settings())
-    return _service
+        _services[role] = build_service(get_settings(), role=role)
+    return _services[role]
 
 
 def set_service(service) -> None:
-    """Inject a service (tests, the local stack); ``None`` rebuilds from settings on next use."""
-    global _service
-    _service = service
+    """Inject a service for every role (tests, the local stack); ``None`` rebuilds from settings on next use."""
+    _services.clear()
+    if service is not None:
+        _services.update(api=service, worker=service)
 
 
 # Chalice answers some requests itself, before a view runs, as {"Code", "Message"}: rewritten to
@@ -139,8 +143,23 @@ def process_job(event):
         receive_count = int(raw.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             job_id = json.loads(record.body)["job_id"]
-        except (ValueError, KeyError, TypeError):
-            # Retrying cannot fix a malformed message; drop it with a trace in the log.
-            log.error("dropping malformed job message: %.200r", record.body)
+            if not isinstance(job_id, str):
+                raise TypeError(f"job_id is a {type(job_id).__name__}")
+        except (ValueError, KeyError, TypeError) as exc:
+            # Retrying cannot fix it: straight to the dead-letter queue, with the reason, for a human.
+            reason = f"not a job message ({type(exc).__name__}: {exc})"
+            log.error("malformed job message moved to the dead-letter queue: %s: %.200r", reason, record.body)
+            service = get_service("worker")
+            service.queue.dead_letter(service.settings.dlq_name, record.body, reason)
             continue
-        get_service().run_job(job_id, receive_count=receive_count)
+        get_service("worker").run_job(job_id, receive_count=receive_count)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def sweep_jobs(event):
+    """Every minute: send again the jobs whose worker stopped heartbeating (see chalicelib/sweeper.py)."""
+    from chalicelib.sweeper import sweep
+
+    report = sweep(get_service("worker"))
+    if report.requeued or report.failed:
+        log.info("%s", report)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,3 +47,30 @@ def ffmpeg_binary() -> str:
     raise FfmpegNotFound(
         "ffmpeg not found: set FFMPEG_BINARY, run `make vendor`, or pip install imageio-ffmpeg"
     )
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@lru_cache(maxsize=1)
+def _prctl():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def dies_with_parent() -> dict:
+    """Popen keyword arguments that make the child (ffmpeg) get SIGKILL when the process that
+    started it dies, even by SIGKILL or out of memory: a dead worker's encoder must not keep
+    writing into a work dir the next job clears. Linux only; elsewhere no arguments."""
+    prctl = _prctl() if sys.platform.startswith("linux") else None
+    if prctl is None:
+        return {}
+
+    def preexec() -> None:  # runs in the child between fork and exec: no locks, no imports
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return {"preexec_fn": preexec}

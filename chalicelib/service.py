@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -17,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import Settings
-from .errors import BadRequest, NotFound, PartNotFound, StitchError, TransientError, part_label
+from .errors import BadRequest, NotFound, PartNotFound, TransientError, part_label
+from .faults import public_error
 from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
+from .lease import Heartbeat
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
 from .spec import (
@@ -31,13 +31,19 @@ from .spec import (
     source_identity,
     url_identity,
 )
-from .store import ObjectChanged, ObjectMissing, Store, as_transient
+from .store import ObjectChanged, ObjectMissing, Store
+from .workdirs import remove_abandoned, work_dir
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_WORKERS = 8
 PROGRESS_INTERVAL_S = 2.0
 PROGRESS_STEP = 0.05
+# The REST path's AWS deadlines: a hung call costs at most 2 x (1 + 3) s plus a backoff, and a
+# request makes its calls one after another, so the first hung one answers 503 in under 10 s.
+API_CONNECT_TIMEOUT_S = 1
+API_READ_TIMEOUT_S = 3
+API_MAX_ATTEMPTS = 2
 MAX_PARTS_METADATA = 1500  # S3 user metadata is capped at 2 KB; longer part lists go to a sidecar
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -78,8 +84,9 @@ def _object_identity(ident: dict) -> tuple:
 class ProgressReporter:
     """Engine progress -> job record, throttled so a long job makes a few dozen writes, not thousands."""
 
-    def __init__(self, jobs: JobStore, job: Job, *, lo: float = 0.1, hi: float = 0.95, clock=time.monotonic):
-        self.jobs, self.job, self.lo, self.hi, self.clock = jobs, job, lo, hi, clock
+    def __init__(self, jobs: JobStore, job: Job, *, lo: float = 0.1, hi: float = 0.95, clock=time.monotonic,
+                 beat: Heartbeat | None = None):
+        self.jobs, self.job, self.lo, self.hi, self.clock, self.beat = jobs, job, lo, hi, clock, beat
         self._last_at = 0.0
         self._last = -1.0
 
@@ -90,6 +97,8 @@ class ProgressReporter:
         except (TypeError, ValueError, ZeroDivisionError, IndexError):
             return
         value = self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0)
+        if self.beat is not None:
+            self.beat.progress = value
         now = self.clock()
         if value - self._last < PROGRESS_STEP or now - self._last_at < PROGRESS_INTERVAL_S:
             return
@@ -248,17 +257,15 @@ class StitchService:
                 "mode": result.get("mode", ""), "parts": _part_spans(result), "expires_at": expires_at}
 
     # -- rendering (inline and worker) --------------------------------------------------------------
-    def _workdir(self, label: str) -> Path:
-        Path(self.settings.work_dir).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"stitch-{label[:12]}-", dir=self.settings.work_dir))
+    def _workdir(self, label: str):
+        # Lambda keeps /tmp: first clear what a killed render (ours or an earlier sandbox's) left.
+        remove_abandoned(self.settings.work_dir)
+        return work_dir(self.settings.work_dir, label)
 
     def _render_inline(self, key: str, spec: StitchSpec, identities: list[dict]) -> dict:
-        workdir = self._workdir(key)
-        try:
+        with self._workdir(key) as workdir:
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
             return self._render(key, spec, paths, workdir, progress=None)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     def _download_keys(self, spec: StitchSpec, identities: list[dict], workdir: Path, *,
                        changed_is_transient: bool) -> dict[int, Path]:
@@ -359,11 +366,13 @@ class StitchService:
                 # Another attempt holds a live lease and will finish the job; don't fail it under it.
                 return "busy", job.attempts
             raise TransientError(f"job {job_id} is running under another attempt's lease")
-        last = receive_count >= self.settings.max_receive_count
+        s = self.settings
+        last = receive_count >= s.max_receive_count or claimed.attempts >= s.max_attempts
         try:
-            result = self._execute(claimed)
+            with Heartbeat(self.jobs, claimed, s.heartbeat_seconds, s.job_lease_seconds) as beat:
+                result = self._execute(claimed, beat)
         except Exception as exc:
-            error = exc if isinstance(exc, StitchError) else as_transient(exc)
+            error = public_error(exc, where=f"job={job_id}")
             if error is not None and error.permanent:
                 self._finish(claimed, FAILED, error=error.to_dict())
                 return "failed", claimed.attempts
@@ -372,7 +381,8 @@ class StitchService:
                 log.exception("job=%s attempt=%d: unexpected error", job_id, claimed.attempts)
             if last:
                 self._finish(claimed, FAILED, error={
-                    "code": "transient", "message": f"gave up after {receive_count} attempts: {reason}"})
+                    "code": "transient",
+                    "message": f"gave up after {max(receive_count, claimed.attempts)} attempts: {reason}"})
             else:
                 self.jobs.release(claimed)
             raise
@@ -387,13 +397,12 @@ class StitchService:
             return
         self.notify(done)
 
-    def _execute(self, job: Job) -> dict:
+    def _execute(self, job: Job, beat: Heartbeat | None = None) -> dict:
         """Identify URL parts, check the content cache, fetch what is missing, render, store."""
         s = self.settings
         spec = StitchSpec.from_dict(job.spec["request"], s)
         identities = list(job.spec["identities"])
-        workdir = self._workdir(job.job_id)
-        try:
+        with self._workdir(job.job_id) as workdir:
             url_parts = [p for p in spec.parts if p.url is not None]
             for p in url_parts:
                 info = self.sources.identify_url(p.url, index=p.index, settings=s)
@@ -403,18 +412,16 @@ class StitchService:
             if hit is not None:
                 return {**hit, "cached": True}
             # Fetching is the first tenth of the progress bar, the engine the rest.
-            fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1)
+            fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1, beat=beat)
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
             for n, p in enumerate(url_parts, 1):
                 fetched = self.sources.fetch_url(p.url, index=p.index, workdir=workdir, settings=s,
                                                  s3_client=self.store.s3)
                 paths[p.index] = Path(fetched.path)
                 fetching(n / len(url_parts))
-            progress = ProgressReporter(self.jobs, job)
+            progress = ProgressReporter(self.jobs, job, beat=beat)
             progress(0.0)
             return {**self._render(key, spec, paths, workdir, progress), "cached": False}
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     # -- notifications -----------------------------------------------------------------------------
     def notify(self, job: Job) -> None:
@@ -495,8 +502,12 @@ class LazyClient:
         return getattr(self.client, name)
 
 
-def build_service(settings: Settings | None = None, **overrides) -> StitchService:
-    """Wire the real adapters to boto3 clients (AWS_ENDPOINT_URL is honoured by boto3 itself)."""
+def build_service(settings: Settings | None = None, *, role: str = "worker", **overrides) -> StitchService:
+    """Wire the real adapters to boto3 clients (AWS_ENDPOINT_URL is honoured by boto3 itself).
+
+    ``role="api"``: short connect/read timeouts and one retry, so a request whose AWS call hangs
+    answers 503 within a few seconds rather than at API Gateway's 29 s; the worker waits longer.
+    """
     import boto3
     from botocore.config import Config
 
@@ -504,7 +515,11 @@ def build_service(settings: Settings | None = None, **overrides) -> StitchServic
 
     settings = settings or get_settings()
     session = boto3.session.Session(region_name=settings.aws_region)
-    base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
+    if role == "api":
+        base = Config(retries={"mode": "standard", "max_attempts": API_MAX_ATTEMPTS},
+                      connect_timeout=API_CONNECT_TIMEOUT_S, read_timeout=API_READ_TIMEOUT_S)
+    else:
+        base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
 
     def client(name: str, config: Config = base) -> LazyClient:
         return LazyClient(lambda: session.client(name, config=config))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import StitchError, UnsupportedAudio
-from ..ffmpeg import ffmpeg_binary
+from ..ffmpeg import dies_with_parent, ffmpeg_binary
 from ..options import SAMPLE_RATES, Options
 from .probe import AudioInfo
 
@@ -99,7 +99,7 @@ class _Children:
         with self._lock:
             if self._killed:
                 raise StitchError("stopped: the job failed")
-            proc = subprocess.Popen(cmd, **kwargs)
+            proc = subprocess.Popen(cmd, **kwargs, **dies_with_parent())
             self._procs.append(proc)
             return proc
 
@@ -227,7 +227,7 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
     """
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.PIPE if feed else subprocess.DEVNULL)
+                                stdin=subprocess.PIPE if feed else subprocess.DEVNULL, **dies_with_parent())
         feeder, failures = None, []
         if feed is not None:
             def pump() -> None:
@@ -316,7 +316,8 @@ def _decode_into(sink: IO[bytes], s: Segment, gain_db: float, rate: int, layout:
             "-af", f"volume={gain_db:.4f}dB,aresample={rate},aformat=sample_fmts=flt:channel_layouts={layout}",
             "-f", "f32le", "pipe:1"]
     with tempfile.TemporaryFile() as err:
-        dec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        dec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                               **dies_with_parent())
         try:
             shutil.copyfileobj(dec.stdout, sink, 1 << 20)
             code = dec.wait()
@@ -341,6 +342,6 @@ def decodes(info: AudioInfo) -> bool:
     proc = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-i", str(info.path),
          "-map", "0:a:0", "-f", "null", "-"],
-        capture_output=True,
+        capture_output=True, **dies_with_parent(),
     )
     return proc.returncode == 0

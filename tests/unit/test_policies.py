@@ -101,6 +101,7 @@ CALL_ACTIONS = {
     "get_item": {"dynamodb:GetItem"},
     "put_item": {"dynamodb:PutItem"},
     "update_item": {"dynamodb:UpdateItem"},
+    "scan": {"dynamodb:Scan"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "send_message": {"sqs:SendMessage"},
     "send_email": {"ses:SendEmail"},
