@@ -39,7 +39,7 @@ def get_service(role: str = "api"):
     29 s); the ``worker``'s (the SQS handler and the sweeper) are patient.
     """
     if role not in _services:
-        from chalicelib.service import build_service
+        from chalicelib.bootstrap import build_service
 
         _services[role] = build_service(get_settings(), role=role)
     return _services[role]

@@ -49,6 +49,11 @@ def ffmpeg_binary() -> str:
     )
 
 
+def ffmpeg_command(*args: str, loglevel: str = "error") -> list[str]:
+    """The argv of one quiet, non-interactive ffmpeg run: ``ffmpeg -hide_banner -nostdin ... args``."""
+    return [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, *args]
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,13 +62,13 @@ def _prctl():
     import ctypes
 
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved now: nothing is looked up after fork
     except (OSError, AttributeError):
         return None
 
 
 def dies_with_parent() -> dict:
-    """Popen keyword arguments that make the child (ffmpeg) get SIGKILL when the process that
+    """Popen keyword arguments that make the child (ffmpeg) get SIGKILL when the thread that
     started it dies, even by SIGKILL or out of memory: a dead worker's encoder must not keep
     writing into a work dir the next job clears. Linux only; elsewhere no arguments."""
     prctl = _prctl() if sys.platform.startswith("linux") else None

@@ -14,7 +14,7 @@ from .errors import BadRequest
 
 # Bump when the engine's output for the same input and options changes: it is part of the
 # cache key, so old cached results stop being served.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ VORBIS_KBPS = {
     (32000, 1): (30, 190), (32000, 2): (36, 320), (44100, 1): (32, 240), (44100, 2): (45, 320),
     (48000, 1): (32, 240), (48000, 2): (45, 320),
 }
+# How parts are joined: "exact" decodes and re-encodes so the output plays exactly the parts'
+# gapless lengths; "copy" joins MP3 frames as they are (fast, keeps encoder padding at each join)
+# wherever the parts allow it; "auto" copies only where the padding kept could not be heard.
+JOIN_POLICIES = ("auto", "exact", "copy")
 
 
 def _field(prefix: str, name: str) -> str:
@@ -152,6 +156,7 @@ class Options:
     fade_in_ms: int = 0
     fade_out_ms: int = 0
     loudness_lufs: float | None = None
+    join: str = "auto"
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -202,6 +207,10 @@ class Options:
         fade_in = _number(data, "fade_in_ms", prefix, integer=True, lo=0, hi=MAX_FADE_MS) or 0
         fade_out = _number(data, "fade_out_ms", prefix, integer=True, lo=0, hi=MAX_FADE_MS) or 0
         lufs = _number(data, "loudness_lufs", prefix, integer=False, lo=-70, hi=-5)
+        join = data.get("join", "auto")
+        if not isinstance(join, str) or join.lower() not in JOIN_POLICIES:
+            where = _field(prefix, "join")
+            raise BadRequest(f"{where} must be one of {', '.join(JOIN_POLICIES)}, got {join!r}", field=where)
         return cls(
             format=fmt,
             bitrate=bitrate,
@@ -212,6 +221,7 @@ class Options:
             fade_in_ms=fade_in,
             fade_out_ms=fade_out,
             loudness_lufs=float(lufs) if lufs is not None else None,
+            join=join.lower(),
         )
 
     def encoder_bitrate(self, rate: int, channels: int, default: str | None) -> str | None:
@@ -233,7 +243,7 @@ class Options:
     def needs_decode(self) -> bool:
         """True when an option forces a re-encode whatever the inputs are."""
         return bool(
-            self.sample_rate or self.channels or self.bitrate or self.gap_ms or self.crossfade_ms
+            self.join == "exact" or self.sample_rate or self.channels or self.bitrate or self.gap_ms or self.crossfade_ms
             or self.fade_in_ms or self.fade_out_ms or self.loudness_lufs is not None
         )
 
