@@ -46,6 +46,8 @@ class Settings:
     heartbeat_seconds: int = 20
     max_attempts: int = 3
     presign_ttl_seconds: int = 3600
+    # Largest file a POST /uploads link accepts (S3 enforces it: the policy's content-length-range).
+    max_upload_bytes: int = 512 * 1024 * 1024
     inline_max_bytes: int = 25 * 1024 * 1024
     # Inline budget when the result needs a re-encode rather than a frame-level MP3 copy: encoding
     # ran at about 2 MB of 128k MP3 input per second on a 2-core dev box, the API function has about

@@ -404,7 +404,8 @@ class StitchService:
 
     # -- POST /uploads -------------------------------------------------------------------------------
     def create_upload(self, body: dict) -> dict:
-        """A presigned PUT into the input bucket under ``uploads/``; the key is then usable as a part."""
+        """A presigned POST into the input bucket under ``uploads/`` (at most MAX_UPLOAD_BYTES); the key
+        is then usable as a part."""
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", field="body")
         reject_unknown(body, {"filename"})
@@ -418,5 +419,7 @@ class StitchService:
                              field="filename")
         s = self.settings
         key = f"{s.uploads_prefix}{uuid.uuid4().hex}/{name}"
-        url, expires_at = self.store.presign_put(s.bucket_input, key, s.presign_ttl_seconds)
-        return {"key": key, "upload_url": url, "method": "PUT", "expires_at": expires_at}
+        url, fields, expires_at = self.store.presign_post(s.bucket_input, key, s.presign_ttl_seconds,
+                                                          s.max_upload_bytes)
+        return {"key": key, "upload_url": url, "method": "POST", "fields": fields,
+                "max_bytes": s.max_upload_bytes, "expires_at": expires_at}

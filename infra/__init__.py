@@ -468,7 +468,7 @@ def iam_policy(settings: Settings) -> dict:
                 "Resource": [f"{s3_in}/*"],
             },
             {
-                # Fetched URL sources are cached here; uploads/ is granted so presigned PUTs work.
+                # Fetched URL sources are cached here; uploads/ is granted so presigned POST uploads work.
                 "Sid": "WriteSourcesAndUploads",
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],

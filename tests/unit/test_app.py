@@ -155,10 +155,11 @@ def test_unknown_job_is_404(env):
     assert env.client.http.get("/jobs/not-a-job").status_code == 404
 
 
-def test_uploads_returns_a_presigned_put(env):
+def test_uploads_returns_a_presigned_post(env):
     r = post(env.client, "/uploads", {"filename": "intro.mp3"})
     assert r.status_code == 201
-    assert r.json_body["key"].startswith("uploads/") and r.json_body["key"] in r.json_body["upload_url"]
+    assert r.json_body["key"].startswith("uploads/") and r.json_body["fields"]["key"] == r.json_body["key"]
+    assert r.json_body["method"] == "POST" and r.json_body["max_bytes"] == env.settings.max_upload_bytes
     assert post(env.client, "/uploads", {"filename": "../../x"}).status_code == 400
 
 
