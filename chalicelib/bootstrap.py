@@ -54,7 +54,7 @@ def build_service(settings: Settings | None = None, *, role: str = "worker", **o
     settings = settings or get_settings()
     session = boto3.session.Session(region_name=settings.aws_region)
     if role == "api":
-        base = Config(retries={"mode": "standard", "max_attempts": API_MAX_ATTEMPTS},
+        base = Config(retries={"mode": "standard", "total_max_attempts": API_MAX_ATTEMPTS},
                       connect_timeout=API_CONNECT_TIMEOUT_S, read_timeout=API_READ_TIMEOUT_S)
     else:
         base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
