@@ -43,7 +43,7 @@ def test_stitch_prints_result_json(files, tmp_path, capsys):
 
 def test_copy_join_from_cli(files, tmp_path, capsys):
     out = tmp_path / "o.mp3"
-    assert main([str(files["a"]), str(files["a"]), "-o", str(out)]) == 0
+    assert main([str(files["a"]), str(files["a"]), "-o", str(out), "--join", "copy"]) == 0
     assert json.loads(capsys.readouterr().out)["mode"] == "copy"
 
 
