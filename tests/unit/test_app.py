@@ -102,7 +102,7 @@ def test_last_receive_marks_failed_and_the_handler_raises_for_the_dlq(env):
     assert failed["status"] == "failed" and f"after {last} attempts" in failed["error"]["message"]
 
 
-def test_malformed_messages_are_dropped_not_retried(env):
+def test_malformed_messages_are_not_retried(env):
     for body in ("not json", json.dumps({"nope": 1}), json.dumps([1])):
         event = env.client.events.generate_sqs_event(message_bodies=[body])
         env.client.lambda_.invoke("process_job", event)  # no exception: SQS deletes it
