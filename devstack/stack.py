@@ -191,6 +191,9 @@ class MotoServer:
     def __init__(self, host: str, port: int):
         import logging
 
+        # moto answers every origin by default; off, S3 applies the bucket's own CORS rule, as AWS does,
+        # so the web page's direct upload proves that rule (read by moto.settings at import).
+        os.environ.setdefault("MOTO_DISABLE_GLOBAL_CORS", "true")
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
