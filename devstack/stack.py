@@ -306,6 +306,7 @@ def banner(state: RunState, settings) -> str:
     lines = [
         "",
         f"  API     {api}     (GET /health, POST /stitch, GET /jobs/<id>, POST /uploads)",
+        f"  page    {api}/     (stitch in the browser; the API reference is {api}/openapi.json)",
         f"  AWS     {state.moto_url}     (moto: S3, SQS, DynamoDB, SES; any credentials)",
         f"  buckets {settings.bucket_input} -> {settings.bucket_output}",
         f"  queue   {state.queue_url}  ({sum(n.startswith('worker') for n in state.children)} worker(s))",
@@ -321,6 +322,8 @@ def banner(state: RunState, settings) -> str:
         "  Your own file (then use the returned key as a part):",
         f"    curl -s -X POST {api}/uploads -H 'Content-Type: application/json' -d '{{\"filename\": \"my.mp3\"}}'",
         "    curl -s -X PUT --upload-file my.mp3 '<upload_url>'",
+        "  Or all of that in one command, from any directory:",
+        f"    {Path(sys.executable).parent / 'audio-stitch'} remote my.mp3 other.wav -o out.mp3 --api {api}",
         "",
         "  Ctrl-C stops everything.",
         "",
