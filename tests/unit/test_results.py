@@ -7,7 +7,7 @@ from chalicelib.results import Span, StoredResult, decode_spans, encode_spans
 
 
 def _engine_result(n: int = 2) -> Result:
-    return Result(duration_s=2.50049, format="mp3", size_bytes=1, mode="copy",
+    return Result(duration_s=2.50049, format="mp3", size_bytes=1, join="copy",
                   parts=[PartSpan(i, i * 1.0004, (i + 1) * 1.2345678) for i in range(n)])
 
 
@@ -20,14 +20,15 @@ def test_engine_numbers_are_rounded_to_the_millisecond_once():
 def test_metadata_record_and_public_forms_agree():
     stored = StoredResult.from_engine("k", "cache/k.mp3", _engine_result(), 1234)
     meta = stored.metadata("7")
-    assert meta == {"duration-s": "2.500", "mode": "copy", "engine": "7", "parts": "0.000-1.235,1.000-2.469"}
+    assert meta == {"duration-s": "2.500", "mode": "copy", "engine": "7", "join": "copy", "added-silence-ms": "0",
+                    "parts": "0.000-1.235,1.000-2.469"}
     assert stored.sidecar() is None
     assert StoredResult.from_metadata("k", "cache/k.mp3", "mp3", 1234, meta) == stored
     record = stored.to_record(cached=True)
     assert record["cached"] is True and StoredResult.from_record(record) == stored
     body = stored.public(url="https://x", expires_at="2026-01-01T00:00:00Z", cached=False)
     assert list(body) == ["public_url", "cached", "cache_key", "duration_s", "format", "size_bytes", "mode",
-                          "parts", "expires_at"]
+                          "join", "added_silence_ms", "parts", "expires_at"]
     assert body["parts"] == [{"index": 0, "start_s": 0.0, "end_s": 1.235}, {"index": 1, "start_s": 1.0, "end_s": 2.469}]
 
 
