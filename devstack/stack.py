@@ -203,7 +203,9 @@ class MotoServer:
 
         if not os.environ.get("LOCAL_RUN_VERBOSE"):
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise
-        app = DomainDispatcherApplication(create_backend_app)
+        from devstack.motocors import FormPostCors
+
+        app = FormPostCors(DomainDispatcherApplication(create_backend_app))
         self.server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
         self.port = self.server.server_address[1]
         self.url = f"http://{host}:{self.port}"
