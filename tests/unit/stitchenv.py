@@ -115,20 +115,3 @@ class Receiver:
 
     def bodies(self) -> list[dict]:
         return [json.loads(r["body"]) for r in self.requests]
-
-
-class Flaky:
-    """The real engine, behind a fault injector: the first ``failures`` calls raise ``exc``."""
-
-    def __init__(self, failures, exc=None):
-        from chalicelib.engine import stitch
-        from chalicelib.errors import TransientError
-
-        self.real, self.failures, self.calls = stitch, failures, 0
-        self.exc = exc or TransientError("ffmpeg was killed (simulated)")
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.exc
-        return self.real(*args, **kwargs)
