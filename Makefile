@@ -47,6 +47,7 @@ lint: $(STAMP)
 
 vendor: $(STAMP)
 	$(PY) scripts/vendor_ffmpeg.py
+	$(PY) scripts/deno_layer.py
 
 package: vendor
 	$(PY) scripts/deploy.py package --stage $(STAGE) --out $(PACKAGE_DIR)

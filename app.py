@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 from chalice import Chalice, Response
@@ -16,6 +17,12 @@ from chalicelib.config import Settings, get_settings
 from chalicelib.errors import StitchError
 
 app = Chalice(app_name="audio-stitch")
+# `chalice deploy|package|local` typed by hand: stop (or pin the runtime) before Chalice acts.
+# Only the Chalice CLI loads chalice.cli; Lambda and chalice.test never do, and infra/ is not in the zip.
+if "chalice.cli" in sys.modules:
+    from infra.chalice_guard import guard
+
+    guard()
 app.log.setLevel(logging.INFO)
 log = app.log
 # The per-job line and warnings come from chalicelib's loggers. Lambda's runtime puts a handler on
