@@ -101,7 +101,7 @@ def test_api_key_and_usage_plan_created_once(deployed):
     plans = apigw.get_usage_plans()["items"]
     assert len(plans) == 1 and plans[0]["name"] == "audio-stitch-prod"
     assert plans[0]["apiStages"] == [{"apiId": deployed["api_id"], "stage": "api"}]
-    assert plans[0]["throttle"]["burstLimit"] == infra.API_BURST_LIMIT
+    assert plans[0]["throttle"]["burstLimit"] == infra.definitions.API_BURST_LIMIT
     keys = apigw.get_api_keys()["items"]
     assert [k["id"] for k in keys] == [first] and keys[0]["enabled"]
     assert [k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plans[0]["id"])["items"]] == [first]
