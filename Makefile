@@ -17,11 +17,14 @@ help:
 	@echo "make check  - offline deploy checks (chalice package, cfn-lint, parliament, zip contents)"
 	@echo "make package STAGE=prod / make deploy STAGE=prod"
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
+$(STAMP): requirements.txt requirements-cli.txt requirements-dev.txt requirements-lock.txt pyproject.toml
 	@test -x $(PY) || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 		{ echo "Python 3.11+ is needed to create $(VENV); try: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements-lock.txt
+	@# Editable: `audio-stitch` (in $(VENV)/bin) runs this checkout from any directory; the pinned
+	@# setuptools above builds it (no build isolation, so no unpinned download).
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 install: $(STAMP)

@@ -43,7 +43,7 @@ def get_service():
     """The process-wide service, built on first use (boto3 clients included)."""
     global _service
     if _service is None:
-        from chalicelib.service import build_service
+        from chalicelib.bootstrap import build_service
 
         _service = build_service(get_settings())
     return _service

@@ -1,9 +1,12 @@
-"""`python -m audio_stitch COMMAND ...` — the CLI.
+"""`audio-stitch COMMAND ...` (or `python -m audio_stitch COMMAND ...`): the command line.
 
 Commands:
-  stitch     join local audio files into one (prints the Result as JSON)
+  stitch     join local audio files into one (prints the result as JSON)
+  remote     the same through the API (deployed or `make run`): uploads local files, polls, downloads
   run        the local stack: moto server + chalice local + SQS worker
   provision  create/update a stage's AWS resources (idempotent)
+
+`audio-stitch COMMAND --help` describes each.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 
 COMMANDS = {
     "stitch": ("audio_stitch.stitch", "main"),
+    "remote": ("audio_stitch.remote", "main"),
     "run": ("devstack.stack", "main"),
     "provision": ("infra", "main"),
 }
@@ -22,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module_name, func = COMMANDS[argv[0]]
-    # Imported on demand: `stitch` should not pay for moto, `run` not for the engine.
+    # Imported on demand: `stitch` should not pay for moto, `run` not for the engine, `remote` for neither.
     module = __import__(module_name, fromlist=[func])
     return getattr(module, func)(argv[1:]) or 0
 

@@ -1,4 +1,4 @@
-"""`python -m audio_stitch stitch PART... -o OUT [options]`: join local audio files.
+"""`audio-stitch stitch PART... -o OUT [options]`: join local audio files.
 
 Prints the Result as JSON on stdout. A progress bar goes to stderr only when stderr is a
 terminal and the job re-encodes. Bad input exits with status 2 and one line on stderr.
@@ -7,55 +7,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
+from audio_stitch.args import (
+    FIELD_TO_FLAG,
+    PART_SYNTAX,
+    CliError,
+    add_option_flags,
+    option_values,
+    resolve_output,
+    split_part,
+)
 from chalicelib.errors import StitchError
 
-# (flag, Options field, type): the flag is what the user typed, the field what errors name.
-OPTION_FLAGS = (
-    ("--format", "format", str, "mp3 (default), m4a, ogg, wav or flac"),
-    ("--bitrate", "bitrate", str, "e.g. 128k (lossy formats)"),
-    ("--sample-rate", "sample_rate", int, "Hz; default: the highest input rate"),
-    ("--channels", "channels", int, "1 or 2; default: the most any input has"),
-    ("--gap-ms", "gap_ms", int, "silence between parts"),
-    ("--crossfade-ms", "crossfade_ms", int, "overlap consecutive parts with a crossfade"),
-    ("--fade-in-ms", "fade_in_ms", int, "fade in at the start of the output"),
-    ("--fade-out-ms", "fade_out_ms", int, "fade out at the end of the output"),
-    ("--loudness-lufs", "loudness_lufs", float, "bring every part to this integrated loudness, e.g. -16"),
-)
-FIELD_TO_FLAG = {f: flag for flag, f, _, _ in OPTION_FLAGS}
-_NUM = r"\d+(?:\.\d*)?|\.\d+"
-# a.mp3@1.5-3  a.mp3@1.5-  a.mp3@-3  a.mp3@1.5-3@-6dB  a.mp3@@+3dB
-_SUFFIX = re.compile(rf"@(?:(?P<start>{_NUM})?-(?P<end>{_NUM})?)?(?:@(?P<gain>[+-]?(?:{_NUM}))dB)?$", re.I)
-
-EPILOG = """\
-part syntax:
-  FILE                 the whole file
-  FILE@START-END       trimmed to START..END seconds of the source (either may be left out)
-  FILE@START-END@GdB   trimmed, then gain G dB (e.g. a.mp3@0-30@-3dB, b.wav@@+2.5dB)
-
+EPILOG = PART_SYNTAX + """
 examples:
-  python -m audio_stitch stitch intro.mp3 talk.mp3 outro.mp3 -o show.mp3
-  python -m audio_stitch stitch a.wav b.m4a@10-70 -o mix.m4a --format m4a --crossfade-ms 2000
-  python -m audio_stitch stitch *.mp3 -o all.mp3 --loudness-lufs -16 --gap-ms 500
+  audio-stitch stitch intro.mp3 talk.mp3 outro.mp3 -o show.mp3
+  audio-stitch stitch a.wav b.m4a@10-70 -o mix.m4a --crossfade-ms 2000
+  audio-stitch stitch *.mp3 -o all.mp3 --loudness-lufs -16 --gap-ms 500
 """
-
-
-class CliError(Exception):
-    pass
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m audio_stitch stitch", description="Join audio files into one.",
+        prog="audio-stitch stitch", description="Join audio files into one.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("parts", nargs="+", metavar="PART", help="input files in output order (see part syntax)")
     p.add_argument("-o", "--output", required=True, help="output file (written atomically)")
-    for flag, name, kind, text in OPTION_FLAGS:
-        p.add_argument(flag, dest=name, type=kind, default=None, metavar=kind.__name__.upper(), help=text)
+    add_option_flags(p)
     return p
 
 
@@ -64,17 +45,10 @@ def parse_part(arg: str, index: int):
     from chalicelib.engine.types import PartInput
     from chalicelib.options import PartOptions
 
-    m = _SUFFIX.search(arg)
-    if not m or m.start() == 0 or Path(arg).exists():
-        return PartInput(Path(arg), name=Path(arg).name)
-    data = {}
-    if m.group("start"):
-        data["start_s"] = float(m.group("start"))
-    if m.group("end"):
-        data["end_s"] = float(m.group("end"))
-    if m.group("gain"):
-        data["gain_db"] = float(m.group("gain"))
-    path = Path(arg[: m.start()])
+    name, data = split_part(arg, index, lambda a: Path(a).exists())
+    path = Path(name)
+    if not data:
+        return PartInput(path, name=path.name)
     return PartInput(path, PartOptions.from_dict(data, f"part {index} ({path.name})"), name=path.name)
 
 
@@ -100,21 +74,22 @@ class _Bar:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m audio_stitch stitch``; returns the exit status."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """Entry point for ``audio-stitch stitch``; returns the exit status."""
+    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     bar = _Bar() if sys.stderr.isatty() else None
     try:
         from chalicelib.engine import stitch
         from chalicelib.options import Options
 
-        data = {name: getattr(args, name) for _, name, _, _ in OPTION_FLAGS if getattr(args, name) is not None}
+        output, fmt = resolve_output(args.output, args.format)
+        data = {**option_values(args), **({"format": fmt} if fmt else {})}
         try:
             options = Options.from_dict(data)
         except StitchError as exc:
             flag = FIELD_TO_FLAG.get(exc.field or "")
             raise CliError(f"{flag}: {exc.message}" if flag else exc.message) from None
         parts = [parse_part(a, i) for i, a in enumerate(args.parts)]
-        result = stitch(parts, args.output, options, progress=bar)
+        result = stitch(parts, output, options, progress=bar)
     except CliError as exc:
         return _fail(bar, str(exc), 2)
     except StitchError as exc:

@@ -1,16 +1,17 @@
-"""`python -m bench` (= `make bench`): the engine against pydub, hand-written ffmpeg and `cat`.
+"""`python -m bench` (= `make bench`): the engine against hand-written ffmpeg commands and `cat`.
 
-Every measurement is a fresh subprocess reaped with wait4(), which reports its wall time and
-the peak RSS of the process and every child it waited for (ffmpeg under the engine or pydub).
-Prints a table with ratios against baselines measured in the same run and writes it, dated,
-to docs/performance.md.
+Each comparison is timed in interleaved rounds (engine, baseline, engine, baseline, ...), its ratio
+taken per round and quoted as median (min-max). Prints every target with met / not met, and (full
+profile only) writes the result, dated, to docs/performance.md. BENCH_QUICK=1 (or --quick): fewer
+rounds and a shorter L, for smoke runs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import statistics
+import shutil
 import subprocess
 import sys
 import time
@@ -21,274 +22,287 @@ from pathlib import Path
 from chalicelib.ffmpeg import ffmpeg_binary
 
 from . import data
+from .measure import Ratio, Task, pair_ratio, rounds
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = data.DATA / "out"
 DOC = ROOT / "docs" / "performance.md"
+MB_PER_CORE = 64
 
-IN_PROCESS = """\
-import sys, time
+# stitch() in a fresh process: the whole process is timed, as for the ffmpeg it is compared with.
+ENGINE = """\
+import json, sys
 from chalicelib.engine import PartInput, stitch
 from chalicelib.options import Options
-parts = [PartInput(p) for p in sys.argv[2:]]
-start = time.perf_counter()
-stitch(parts, sys.argv[1], Options())
-print(time.perf_counter() - start)
+r = stitch([PartInput(p) for p in sys.argv[3:]], sys.argv[2], Options(**json.loads(sys.argv[1])))
+print(json.dumps({"mode": r.mode, "duration_s": r.duration_s, "join": getattr(r, "join", None)}))
 """
 
-PYDUB_NAIVE = """\
-import sys
-from pydub import AudioSegment
-AudioSegment.converter = sys.argv[1]
-# The README's one-liner; format/codec are named only because no ffprobe is installed.
-sum(AudioSegment.from_file(p, format="mp3", codec="mp3") for p in sys.argv[3:]).export(sys.argv[2], format="mp3")
-"""
+# (rounds for P, M, L, m4a on L, the copy join); warm-up rounds only where a run is short.
+ROUNDS = {"full": (5, 3, 3, 2, 10), "quick": (2, 2, 1, 1, 3), "tiny": (1, 1, 1, 1, 2)}
 
 
 @dataclass
-class Row:
-    set: str
-    task: str
-    tool: str
-    times: list[float]
-    rss_mb: float
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
+class Target:
+    job: str
+    limit: str
+    measured: str
+    met: bool | None  # None: not measured (not implemented / single-pass)
 
 
-def _env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def baseline_binary() -> tuple[str, str]:
+    """The ffmpeg for the hand-written baselines: a system one if installed, else the wheel's."""
+    system = shutil.which("ffmpeg")
+    if system:
+        return system, "system"
+    return ffmpeg_binary(), "imageio-ffmpeg wheel"
+
+
+def _version(binary: str) -> str:
+    line = subprocess.run([binary, "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return line.split(" Copyright")[0].split(" https://")[0].replace("ffmpeg version ", "ffmpeg ")
+
+
+def _env(ffmpeg: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FFMPEG_BINARY": ffmpeg}
     # Measure Python as installed, with bytecode caches (this sandbox sets the opposite).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
-TIME = Path("/usr/bin/time")
+class Engine:
+    """What the engine on this checkout can do, found out once (features land concurrently)."""
+
+    def __init__(self):
+        from chalicelib.options import Options
+
+        self.fields = set(Options.field_names())
+        self.has_join = "join" in self.fields
+        self.parallel_formats = self._parallel_formats()
+        self.cli = self._cli()
+        self.cli_join = self.has_join and "--join" in subprocess.run(
+            [*self.cli, "--help"], capture_output=True, text=True, env=_env(ffmpeg_binary()), cwd=ROOT).stdout
+
+    @staticmethod
+    def _cli() -> list[str]:
+        """The installed `audio-stitch` command if there is one, else the package that holds the CLI."""
+        console = Path(sys.executable).parent / "audio-stitch"
+        if console.exists():
+            return [str(console), "stitch"]
+        package = "audio_stitch" if (ROOT / "audio_stitch" / "__main__.py").exists() else "chalicelib"
+        return [sys.executable, "-m", package, "stitch"]
+
+    @staticmethod
+    def _parallel_formats() -> set[str]:
+        """Formats the engine encodes in parallel chunks, as the engine itself declares them."""
+        try:
+            from chalicelib.engine import parallel
+        except ImportError:
+            return set()
+        declared = getattr(parallel, "parallel_formats", None)
+        return set(declared()) if callable(declared) else set()
+
+    def exact(self, **opts) -> dict:
+        """Options for an exact join: ``join=exact`` where the engine has it; before that, a re-encode
+        (``bitrate`` given), which was the only exact path."""
+        return {**opts, "join": "exact"} if self.has_join else opts
+
+    def stitch_cmd(self, parts: list[Path], out: Path, opts: dict) -> list[str]:
+        return [sys.executable, "-c", ENGINE, json.dumps(opts), str(out), *map(str, parts)]
+
+    def cli_cmd(self, parts: list[Path], out: Path, *flags: str) -> list[str]:
+        return [*self.cli, *map(str, parts), "-o", str(out), *flags]
 
 
-def run_once(cmd: list[str], stdout_path: Path | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB, largest process of the tree) of one run of ``cmd``.
-
-    A child forked from this Python starts with this Python's pages mapped, and Linux keeps that
-    high-water mark across exec: every tool would show about 15 MB. GNU time forks from a tiny
-    process, so its report is the command's own peak; wait4() here is the fallback.
-    """
-    report = OUT / "rusage.txt"
-    use_time = TIME.exists()
-    full = [str(TIME), "-f", "%M", "-o", str(report), *cmd] if use_time else cmd
-    stdout = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
-    try:
-        start = time.perf_counter()
-        proc = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
-        err = proc.stderr.read()
-        # wait4 instead of proc.wait(): it hands back the child's rusage (its children included).
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        if stdout_path:
-            stdout.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {err.decode()[-800:]}")
-    kb = int(report.read_text().split()[-1]) if use_time else usage.ru_maxrss
-    return elapsed, kb / 1024
-
-
-def measure(set_name: str, task: str, tool: str, cmd: list[str], out: Path, runs: int,
-            stdout_path: Path | None = None, reported: bool = False) -> Row:
-    """One warm-up (page cache, bytecode) then ``runs`` timed runs; the output is removed before each.
-
-    ``reported``: the command prints its own timing (seconds) as the last line of stdout."""
-    times, peak = [], 0.0
-    for i in range(runs + 1):
-        out.unlink(missing_ok=True)
-        elapsed, rss = run_once(cmd, stdout_path)
-        if reported:
-            elapsed = float(stdout_path.read_text().split()[-1])
-        if i:
-            times.append(elapsed)
-            peak = max(peak, rss)
-    row = Row(set_name, task, tool, times, peak)
-    print(f"  {set_name} {task:<9} {tool:<22} median {row.median:8.3f} s  peak {peak:7.1f} MB  ({runs} runs)",
-          flush=True)
-    return row
-
-
-def engine_cmd(parts: list[Path], out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "audio_stitch", "stitch", *map(str, parts), "-o", str(out), *extra]
-
-
-def ffmpeg_copy_cmd(parts: list[Path], out: Path) -> list[str]:
-    listing = OUT / f"{out.stem}.txt"
-    listing.write_text("".join(f"file '{p}'\n" for p in parts))
-    return [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-            "-i", str(listing), "-c", "copy", str(out)]
-
-
-def ffmpeg_encode_cmd(parts: list[Path], out: Path) -> list[str]:
-    """What one would write by hand: decode all, concat filter, one LAME encode."""
+def ffmpeg_concat_cmd(binary: str, parts: list[Path], out: Path, codec: list[str]) -> list[str]:
+    """What one writes by hand: every part an input, the concat filter, one encoder."""
     inputs = [a for p in parts for a in ("-i", str(p))]
     graph = "".join(f"[{i}:a]" for i in range(len(parts))) + f"concat=n={len(parts)}:v=0:a=1[a]"
-    return [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *inputs, "-filter_complex", graph,
-            "-map", "[a]", "-c:a", "libmp3lame", "-b:a", "128k", str(out)]
+    return [binary, "-hide_banner", "-loglevel", "error", "-y", *inputs, "-filter_complex", graph,
+            "-map", "[a]", *codec, str(out)]
 
 
-def pydub_cmd(parts: list[Path], out: Path) -> list[str]:
-    return [sys.executable, "-c", PYDUB_NAIVE, ffmpeg_binary(), str(out), *map(str, parts)]
+MP3_128 = ["-c:a", "libmp3lame", "-b:a", "128k"]
+M4A_128 = ["-c:a", "aac", "-b:a", "128k", "-f", "ipod"]
 
 
-def run(quick: bool) -> list[Row]:
-    sets = data.ensure()
-    OUT.mkdir(exist_ok=True)
-    rows: list[Row] = []
-    fast, slow = (2, 1) if quick else (7, 3)
-    for name in ("S", "M", "L"):
-        parts = sets[name]
-        runs = fast if name != "L" else max(1, fast - 2)
-        print(f"{name}: {len(parts)} x {data.SETS[name][1]} s", flush=True)
-        o = OUT / f"{name}-join.mp3"
-        rows.append(measure(name, "join", "engine (copy)", engine_cmd(parts, o), o, runs))
-        # What the API worker pays: stitch() in a process that has already started and imported.
-        rows.append(measure(name, "join", "engine stitch() only", [sys.executable, "-c", IN_PROCESS, str(o),
-                            *map(str, parts)], o, runs, stdout_path=OUT / "timing.txt", reported=True))
-        rows.append(measure(name, "join", "ffmpeg -c copy", ffmpeg_copy_cmd(parts, o), o, runs))
-        rows.append(measure(name, "join", "cat", ["cat", *map(str, parts)], o, runs, stdout_path=o))
-        if name != "L":  # pydub would hold 3 h of PCM (~1.9 GB) twice over for L
-            rows.append(measure(name, "join", "pydub naive", pydub_cmd(parts, o), o, 1 if name == "M" else runs))
-            e_runs = runs if name == "S" else slow
-            o = OUT / f"{name}-encode.mp3"
-            rows.append(measure(name, "encode", "engine (re-encode)", engine_cmd(parts, o, "--bitrate", "128k"), o,
-                                e_runs))
-            rows.append(measure(name, "encode", "ffmpeg filter", ffmpeg_encode_cmd(parts, o), o, e_runs))
-            rows.append(measure(name, "loudness", "engine -16 LUFS",
-                                engine_cmd(parts, o, "--bitrate", "128k", "--loudness-lufs", "-16"), o, e_runs))
-    return rows
+def decoded_samples(path: Path) -> int:
+    from tests.audio import ffmpeg_frames
+
+    return ffmpeg_frames(path)
 
 
-def _find(rows, set_name, tool) -> Row | None:
-    return next((r for r in rows if r.set == set_name and r.tool == tool), None)
+def _exactness(path: Path, expected: int) -> str:
+    got = decoded_samples(path)
+    return "exact" if got == expected else f"NOT exact: {got - expected:+d} samples"
 
 
-def ratios(rows: list[Row]) -> dict[tuple[str, str], str]:
-    """Each row's ratio against the baseline that matters for it, as text."""
-    out = {}
-    for r in rows:
-        eng = _find(rows, r.set, "engine (copy)")
-        if r.tool in ("engine (copy)", "engine stitch() only"):
-            cat = _find(rows, r.set, "cat")
-            out[(r.set, r.tool)] = f"{r.median / cat.median:.2f}x cat"
-        elif r.tool in ("ffmpeg -c copy", "cat", "pydub naive"):
-            out[(r.set, r.tool)] = f"{r.median / eng.median:.2f}x engine"
-        elif r.tool == "engine (re-encode)":
-            ff = _find(rows, r.set, "ffmpeg filter")
-            out[(r.set, r.tool)] = f"{r.median / ff.median:.2f}x ffmpeg filter"
-        elif r.tool == "ffmpeg filter":
-            out[(r.set, r.tool)] = "baseline"
-        elif r.tool == "engine -16 LUFS":
-            plain = _find(rows, r.set, "engine (re-encode)")
-            out[(r.set, r.tool)] = f"{r.median / plain.median:.2f}x re-encode"
-    return out
+def _mode(task: Task) -> str:
+    try:
+        r = json.loads(task.runs[-1].stdout)
+    except (ValueError, IndexError):
+        return "?"
+    return r.get("join") or r.get("mode") or "?"
 
 
-def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
-    def m(s, tool):
-        r = _find(rows, s, tool)
-        return r.median if r else float("nan")
+def run(profile: str, data_root: Path, log=print) -> tuple[list[Target], list[Task], dict]:
+    sets = data.ensure(profile, data_root)
+    out_dir = data_root / profile / "out"
+    out_dir.mkdir(exist_ok=True)
+    binary, origin = baseline_binary()
+    env = _env(binary)
+    engine = Engine()
+    cores = len(os.sched_getaffinity(0))
+    n_p, n_m, n_l, n_l4, n_copy = ROUNDS[profile]
+    info = {"binary": binary, "origin": origin, "version": _version(binary), "cores": cores,
+            "join": engine.has_join, "parallel": sorted(engine.parallel_formats), "cli": " ".join(["python", *engine.cli[1:]] if engine.cli[0] == sys.executable else engine.cli)}
+    log(f"ffmpeg for baselines and engine: {binary} ({origin}, {info['version']}); {cores} usable cores")
+    log(f"engine: join option {'yes' if engine.has_join else 'not on this checkout'}; parallel formats: "
+        f"{', '.join(info['parallel']) or 'none'}; CLI: {' '.join(engine.cli)}")
+    targets: list[Target] = []
+    tasks: list[Task] = []
 
-    checks = []
-    ratio = m("L", "engine (copy)") / m("L", "cat")
-    checks.append(("join L within 2x of cat (CLI, interpreter start-up included)", f"{ratio:.2f}x", ratio <= 2.0))
-    ratio = m("L", "engine stitch() only") / m("L", "cat")
-    checks.append(("join L within 2x of cat (stitch() in a running process)", f"{ratio:.2f}x", ratio <= 2.0))
-    speedup = m("M", "pydub naive") / m("M", "engine (copy)")
-    checks.append(("join M >= 100x faster than pydub naive", f"{speedup:.0f}x", speedup >= 100))
-    peak = max(r.rss_mb for r in rows if r.tool.startswith("engine"))
-    checks.append(("engine peak RSS <= 64 MB (any set, any mode)", f"{peak:.1f} MB", peak <= 64))
-    enc = m("M", "engine (re-encode)") / m("M", "ffmpeg filter")
-    checks.append(("re-encode M no slower than hand-written ffmpeg", f"{enc:.2f}x", enc <= 1.0))
-    loud = m("M", "engine -16 LUFS") / m("M", "engine (re-encode)")
-    checks.append(("loudness M <= 1.3x plain re-encode", f"{loud:.2f}x", loud <= 1.3))
-    return checks
+    def group(title: str, members: list[Task], count: int, warmup: bool) -> list[Task]:
+        log(f"{title}")
+        rounds(members, count, ROOT, warmup=warmup, log=log)
+        tasks.extend(members)
+        return members
+
+    def cmp(job: str, a: Task, b: Task, limit: float, note: str = "") -> Ratio:
+        r = pair_ratio(a, b)
+        targets.append(Target(job, f"<= {limit}x", f"{r}{note}", r.median <= limit))
+        return r
+
+    # 1. Exact join of 100 one-second prompts.
+    p = sets["P"]
+    e_out, f_out = out_dir / "P-engine.mp3", out_dir / "P-ffmpeg.mp3"
+    how = "join=exact" if engine.has_join else "re-encode (no join option)"
+    eng, ff = group(f"P: exact join of {len(p)} x 1 s", [
+        Task(f"engine exact ({how})", engine.stitch_cmd(p, e_out, engine.exact(bitrate="128k")), e_out, env),
+        Task("ffmpeg concat filter", ffmpeg_concat_cmd(binary, p, f_out, MP3_128), f_out, env)], n_p, True)
+    expected = data.gapless_samples(profile, "P")
+    cmp(f"exact join of {len(p)} x 1 s MP3 prompts vs ffmpeg concat filter + libmp3lame", eng, ff, 0.7,
+        f"; engine output {_exactness(e_out, expected)} ({_mode(eng)}), ffmpeg's {_exactness(f_out, expected)}")
+
+    # 2. Exact re-encode of M (with loudness matching in the same rounds) and L, to MP3 128k.
+    m, lp = sets["M"], sets["L"]
+    e_out, f_out, l_out = out_dir / "M-engine.mp3", out_dir / "M-ffmpeg.mp3", out_dir / "M-loud.mp3"
+    eng, ff, loud = group(f"M: {len(m)} x {data.PROFILES[profile]['M'][1]} s to MP3 128k", [
+        Task("engine exact", engine.stitch_cmd(m, e_out, engine.exact(bitrate="128k")), e_out, env),
+        Task("ffmpeg concat filter", ffmpeg_concat_cmd(binary, m, f_out, MP3_128), f_out, env),
+        Task("engine exact -16 LUFS", engine.stitch_cmd(m, l_out, engine.exact(bitrate="128k", loudness_lufs=-16)),
+             l_out, env)], n_m, False)
+    cmp("exact re-encode of M to MP3 128k vs the hand-written command", eng, ff, 0.6,
+        f"; engine output {_exactness(e_out, data.gapless_samples(profile, 'M'))}")
+    cmp("loudness matching (-16 LUFS) on M vs a plain exact re-encode", loud, eng, 1.1)
+    e_out, f_out = out_dir / "L-engine.mp3", out_dir / "L-ffmpeg.mp3"
+    eng, ff = group(f"L: {len(lp)} x {data.PROFILES[profile]['L'][1]} s to MP3 128k", [
+        Task("engine exact", engine.stitch_cmd(lp, e_out, engine.exact(bitrate="128k")), e_out, env),
+        Task("ffmpeg concat filter", ffmpeg_concat_cmd(binary, lp, f_out, MP3_128), f_out, env)], n_l, False)
+    cmp("exact re-encode of L to MP3 128k vs the hand-written command", eng, ff, 0.6)
+
+    # 3. The same to m4a, where the engine chunks AAC.
+    if "m4a" in engine.parallel_formats:
+        for name, parts, count in (("M", m, n_m), ("L", lp, n_l4)):
+            e_out, f_out = out_dir / f"{name}-engine.m4a", out_dir / f"{name}-ffmpeg.m4a"
+            eng, ff = group(f"{name} to m4a 128k", [
+                Task("engine exact m4a", engine.stitch_cmd(parts, e_out, engine.exact(format="m4a", bitrate="128k")),
+                     e_out, env),
+                Task("ffmpeg concat filter aac", ffmpeg_concat_cmd(binary, parts, f_out, M4A_128), f_out, env)],
+                count, False)
+            cmp(f"exact re-encode of {name} to m4a 128k vs the hand-written command", eng, ff, 0.6)
+    else:
+        for name in ("M", "L"):
+            targets.append(Target(f"exact re-encode of {name} to m4a 128k vs the hand-written command", "<= 0.6x",
+                                  "single-pass (the engine does not chunk AAC): not run", None))
+
+    # 4. Copy join of L against cat, whole process.
+    e_out, c_out = out_dir / "L-copy.mp3", out_dir / "L-cat.mp3"
+    flags = ["--join", "copy"] if engine.cli_join else []
+    eng, cat = group("L: copy join vs cat", [
+        Task("engine CLI copy join", engine.cli_cmd(lp, e_out, *flags), e_out, env),
+        Task("cat", ["cat", *map(str, lp)], c_out, env, stdout_to=True)], n_copy, True)
+    cmp("copy join of L vs `cat` (CLI, whole process)", eng, cat, 1.3, f"; engine mode {_mode(eng)}")
+
+    # 5. Peak RSS of the whole process tree, over every engine run above.
+    engine_tasks = [t for t in tasks if t.name.startswith("engine")]
+    worst = max(engine_tasks, key=lambda t: t.peak_mb)
+    limit = MB_PER_CORE * cores
+    targets.append(Target("peak RSS of the engine's whole process tree, any length", f"<= {limit} MB "
+                          f"({MB_PER_CORE} MB x {cores} cores)", f"{worst.peak_mb:.1f} MB ({worst.name})",
+                          worst.peak_mb <= limit))
+    return targets, tasks, info
 
 
-def render(rows: list[Row], checks) -> str:
-    rat = ratios(rows)
-    lines = ["| set | task | tool | runs | median s | min s | peak RSS MB | ratio |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r.set} | {r.task} | {r.tool} | {len(r.times)} | {r.median:.3f} | {min(r.times):.3f} "
-                     f"| {r.rss_mb:.1f} | {rat.get((r.set, r.tool), '')} |")
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks]
+def render(targets: list[Target], tasks: list[Task]) -> str:
+    lines = ["| job | target | measured: ratio median (min-max) | met |", "|---|---|---|---|"]
+    for t in targets:
+        met = "n/a" if t.met is None else "met" if t.met else "NOT met"
+        lines.append(f"| {t.job} | {t.limit} | {t.measured} | {met} |")
+    lines += ["", "| tool | runs | median s | min s | max s | tree peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+    for t in tasks:
+        times = sorted(t.times)
+        lines.append(f"| {t.name} [{t.out.stem}] | {len(times)} | {times[len(times) // 2]:.3f} | {times[0]:.3f} "
+                     f"| {times[-1]:.3f} | {t.peak_mb:.1f} |")
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
+def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    version = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
-    version = version.split(" Copyright")[0].split(" https://")[0].replace("ffmpeg version ", "ffmpeg ")
-    return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, {version}."
+    return "unknown CPU"
 
 
-def write_doc(table: str, started: datetime, seconds: float) -> None:
-    sizes = ", ".join(f"{k} = {n} x {s // 60 and f'{s // 60} min' or f'{s} s'}" for k, (n, s) in data.SETS.items())
+def write_doc(table: str, info: dict, started: datetime, seconds: float) -> None:
+    sizes = ", ".join(f"{k} = {n} x {s // 60 and f'{s // 60} min' or f'{s} s'}"
+                      for k, (n, s) in data.PROFILES["full"].items())
     text = f"""# Performance
 
 Latest `make bench` (`python -m bench`), run {started:%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} min on
-{_machine()} The machine was shared with other jobs, so single numbers move by tens of percent
-between runs; ratios within one run are what the targets use.
+{info['cores']} usable cores ({_cpu()}), Linux {platform.release()}, Python {platform.python_version()}.
+Baselines and engine both ran {info['version']} ({info['origin']}: `{info['binary']}`).
+Engine features on that checkout: join option {'yes' if info['join'] else 'no'}; parallel formats:
+{', '.join(info['parallel']) or 'none'}.
 
-Inputs (generated once into `bench/.data`, a tone over pink noise): {sizes}; MP3 128 kbps,
-44.1 kHz, stereo. Every number is a fresh subprocess: wall time, and the peak RSS of the largest process in its
-tree (the engine's Python or its ffmpeg; pydub's Python) as GNU time reports it from `wait4()`. One warm-up
-run precedes the timed ones, so inputs are in the page cache for every tool alike.
+## Method
 
-- **engine (copy)**: `python -m audio_stitch stitch PARTS -o OUT` (the frame-level MP3 join; interpreter
-  start-up included).
-- **engine stitch() only**: the same join timed inside a fresh Python process around the
-  `stitch()` call alone, as the API worker (a warm Lambda) pays it; peak RSS is the process's.
-- **ffmpeg -c copy**: `ffmpeg -f concat -safe 0 -i list.txt -c copy OUT`.
-- **cat**: `cat PARTS > OUT`, the I/O floor.
-- **pydub naive**: `sum(AudioSegment.from_file(p) for p in parts).export(OUT, format="mp3")`
-  (with `format`/`codec` named: there is no ffprobe). Not run on L (see below).
-- **engine (re-encode)**: the same CLI with `--bitrate 128k`, which forces the ffmpeg pass.
-- **ffmpeg filter**: `ffmpeg -i ... -filter_complex concat=n=N:v=0:a=1 -c:a libmp3lame -b:a 128k OUT`,
-  the same output written by hand.
-- **engine -16 LUFS**: the re-encode plus `--loudness-lufs -16` (a decode-only ebur128 pass per
-  part, then per-part gain inside the single encode; parts stream into the encoder as their
-  levels become known).
+- **Interleaved rounds.** The commands of one comparison run in turn (engine, baseline, engine,
+  baseline, ...), so a change in machine load hits both sides of a round alike. The ratio is taken
+  per round and quoted as median (min-max over rounds). Short jobs get one untimed warm-up round;
+  every input is in the page cache before a timed run.
+- **Whole processes.** Every run is a fresh subprocess and its wall time includes interpreter
+  start-up: the engine runs `stitch()` in a new Python (or, for the copy join, the CLI), the
+  baselines run ffmpeg or `cat`.
+- **The same ffmpeg.** The baselines use a system ffmpeg when one is installed (`shutil.which`),
+  else the imageio-ffmpeg wheel's; the engine is given the same binary (`FFMPEG_BINARY`), so a ratio
+  compares methods, not builds.
+- **Peak RSS of the process tree**: the process and all its descendants are sampled from /proc
+  every 10 ms and their resident sets summed; the peak of that sum is reported. Shared pages count
+  once per process, so it is an upper bound; a peak shorter than 10 ms can be missed. (`ru_maxrss`
+  would give the largest single process instead, which hides parallel encoders.)
+- **Exactness.** The exact-join and M outputs are decoded with ffmpeg and their sample counts
+  compared with the sum of the parts' gapless lengths (each part of P and M is exactly its length
+  in seconds x 44100; L's parts are copy joins of M's, so they have no known gapless length).
+
+Inputs (generated once into `bench/.data/full`, a tone over pink noise, MP3 128 kbps, 44.1 kHz,
+stereo, LAME-tagged): {sizes}.
+
+- **exact join**: `stitch(parts, out, Options(join="exact", bitrate="128k"))` (before the join option
+  existed: the re-encode that `bitrate` forces) against
+  `ffmpeg -i p1 ... -i p100 -filter_complex concat=n=100:v=0:a=1 -c:a libmp3lame -b:a 128k`.
+- **exact re-encode**: the same for M and L, and with `-c:a aac -b:a 128k -f ipod` for m4a (only
+  where the engine chunks AAC; otherwise it is single-pass, the same command, and not run).
+- **loudness**: the exact re-encode of M plus `loudness_lufs=-16`, against the plain one.
+- **copy join**: the CLI, `{info['cli']} L... -o out` (`--join copy` where it has that flag),
+  against `cat L... > out`.
 
 {table}
 
-## Reading the results
-
-- **Copy join vs `cat`.** The join itself runs at `cat` speed: each part's frames are walked in
-  Python (a regex checks 32 constant-bitrate headers per call) while a thread copies the bytes in
-  the kernel with `copy_file_range`, so the walk hides behind the copy; compare the
-  `stitch() only` row with `cat`. The CLI row adds a fixed ~50-60 ms of interpreter start-up and
-  imports (argparse, dataclasses, re, pathlib). On this machine `cat` moves the 173 MB of L in
-  well under 0.1 s from the page cache, so that fixed cost alone is most of a `cat` run; where
-  the 2x target is missed, it is missed by the CLI's start-up, not by the join.
-- **Memory.** The copy join's peak RSS is the interpreter's (about 16 MB) whatever the input
-  length: 3 MB or 173 MB of MP3 give the same number. Re-encodes peak at ffmpeg's ~40 MB.
-- **pydub** decodes every part to PCM in memory, sums the segments (copying them) and exports
-  through a temporary WAV: about 0.7 GB peak for M's 30 minutes, so about 4 GB for L's 3 hours;
-  it is not run there.
-- **Re-encode** runs the very command one would write by hand (no per-part filters when the
-  parts already match the output) plus about 0.1 s of Python start-up and probing, so the two
-  differ by noise: a few percent either way from one run to the next on a shared machine.
-- **Loudness** measures each part (decode + `ebur128`, niced) while earlier parts are already
-  being encoded; only the first part's measurement delays the encoder. Expect about 1.0-1.1x on
-  an idle machine; on a loaded one the measurements compete with the encoder for CPU.
+The machine a run shares decides single numbers; the ratios within one run are what the targets
+use. `BENCH_QUICK=1 make bench` runs fewer rounds on shorter sets and writes nothing here.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
@@ -296,17 +310,20 @@ run precedes the timed ones, so inputs are in the page cache for every tool alik
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer runs, do not write docs/performance.md")
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
+                        help="fewer rounds and a shorter L (also BENCH_QUICK=1); writes nothing to docs/")
+    parser.add_argument("--profile", choices=sorted(data.PROFILES), help="input sizes (default: full, or quick)")
+    parser.add_argument("--data", type=Path, default=data.DATA, help="where inputs are generated (bench/.data)")
     args = parser.parse_args(argv)
+    profile = args.profile or ("quick" if args.quick else "full")
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    rows = run(args.quick)
-    checks = targets(rows)
-    table = render(rows, checks)
+    targets, tasks, info = run(profile, args.data)
+    table = render(targets, tasks)
     print()
     print(table)
-    if not args.quick:
-        write_doc(table, started, time.perf_counter() - t0)
+    if profile == "full":
+        write_doc(table, info, started, time.perf_counter() - t0)
         print(f"\nwritten to {DOC.relative_to(ROOT)}")
     return 0
 

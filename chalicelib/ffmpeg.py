@@ -45,3 +45,8 @@ def ffmpeg_binary() -> str:
     raise FfmpegNotFound(
         "ffmpeg not found: set FFMPEG_BINARY, run `make vendor`, or pip install imageio-ffmpeg"
     )
+
+
+def ffmpeg_command(*args: str, loglevel: str = "error") -> list[str]:
+    """The argv of one quiet, non-interactive ffmpeg run: ``ffmpeg -hide_banner -nostdin ... args``."""
+    return [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, *args]

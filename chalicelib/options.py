@@ -14,7 +14,7 @@ from .errors import BadRequest
 
 # Bump when the engine's output for the same input and options changes: it is part of the
 # cache key, so old cached results stop being served.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ MAX_GAP_MS = 60_000
 MAX_FADE_MS = 600_000
 MAX_CROSSFADE_MS = 60_000
 MAX_GAIN_DB = 60.0
+# How parts are joined: "exact" decodes and re-encodes so the output plays exactly the parts'
+# gapless lengths; "copy" joins MP3 frames as they are (fast, keeps encoder padding at each join)
+# wherever the parts allow it; "auto" copies only where the padding kept could not be heard.
+JOIN_POLICIES = ("auto", "exact", "copy")
 
 
 def _field(prefix: str, name: str) -> str:
@@ -120,6 +124,7 @@ class Options:
     fade_in_ms: int = 0
     fade_out_ms: int = 0
     loudness_lufs: float | None = None
+    join: str = "auto"
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -157,6 +162,10 @@ class Options:
         fade_in = _number(data, "fade_in_ms", prefix, integer=True, lo=0, hi=MAX_FADE_MS) or 0
         fade_out = _number(data, "fade_out_ms", prefix, integer=True, lo=0, hi=MAX_FADE_MS) or 0
         lufs = _number(data, "loudness_lufs", prefix, integer=False, lo=-70, hi=-5)
+        join = data.get("join", "auto")
+        if not isinstance(join, str) or join.lower() not in JOIN_POLICIES:
+            where = _field(prefix, "join")
+            raise BadRequest(f"{where} must be one of {', '.join(JOIN_POLICIES)}, got {join!r}", field=where)
         return cls(
             format=fmt,
             bitrate=bitrate,
@@ -167,6 +176,7 @@ class Options:
             fade_in_ms=fade_in,
             fade_out_ms=fade_out,
             loudness_lufs=float(lufs) if lufs is not None else None,
+            join=join.lower(),
         )
 
     @property
@@ -177,7 +187,7 @@ class Options:
     def needs_decode(self) -> bool:
         """True when an option forces a re-encode whatever the inputs are."""
         return bool(
-            self.sample_rate or self.channels or self.bitrate or self.gap_ms or self.crossfade_ms
+            self.join == "exact" or self.sample_rate or self.channels or self.bitrate or self.gap_ms or self.crossfade_ms
             or self.fade_in_ms or self.fade_out_ms or self.loudness_lufs is not None
         )
 

@@ -10,7 +10,6 @@ import logging
 import re
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +20,8 @@ from .errors import BadRequest, NotFound, PartNotFound, StitchError, TransientEr
 from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
-from .spec import (
-    JOB_ID,
-    StitchSpec,
-    cache_key,
-    key_identity,
-    output_key,
-    parse_request,
-    source_identity,
-    url_identity,
-)
+from .results import StoredResult
+from .spec import JOB_ID, PartIdentity, StitchSpec, cache_key, output_key, parse_request
 from .store import ObjectChanged, ObjectMissing, Store, as_transient
 
 log = logging.getLogger(__name__)
@@ -38,26 +29,7 @@ log = logging.getLogger(__name__)
 DOWNLOAD_WORKERS = 8
 PROGRESS_INTERVAL_S = 2.0
 PROGRESS_STEP = 0.05
-MAX_PARTS_METADATA = 1500  # S3 user metadata is capped at 2 KB; longer part lists go to a sidecar
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-
-def _part_spans(result: dict) -> list[dict]:
-    # Milliseconds: what the cache object's metadata keeps, so a hit and a miss answer alike.
-    return [{"index": p["index"], "start_s": round(p["start_s"], 3), "end_s": round(p["end_s"], 3)}
-            for p in result["parts"]]
-
-
-def _encode_spans(parts: list[dict]) -> str:
-    return ",".join(f"{p['start_s']:.3f}-{p['end_s']:.3f}" for p in parts)
-
-
-def _decode_spans(text: str) -> list[dict]:
-    spans = []
-    for i, item in enumerate(filter(None, text.split(","))):
-        start, end = item.split("-")
-        spans.append({"index": i, "start_s": float(start), "end_s": float(end)})
-    return spans
 
 
 def _copy_likely(spec: StitchSpec) -> bool:
@@ -68,11 +40,6 @@ def _copy_likely(spec: StitchSpec) -> bool:
     o = spec.options
     return o.format == "mp3" and not o.needs_decode and all(
         p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
-
-
-def _object_identity(ident: dict) -> tuple:
-    """Which stored bytes a bucket part reads (trim and gain aside)."""
-    return ident["bucket"], ident["key"], ident.get("etag"), ident.get("version_id")
 
 
 class ProgressReporter:
@@ -148,8 +115,8 @@ class StitchService:
                 )
             by_index[part.index] = info
         identities = [
-            key_identity(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
-            if p.key is not None else url_identity(p)
+            PartIdentity.of_object(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
+            if p.key is not None else PartIdentity.of_url(p)
             for p in spec.parts
         ]
         key = cache_key(identities, spec.options)
@@ -163,14 +130,13 @@ class StitchService:
                 return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
         return 202, self._enqueue(key, spec, identities)
 
-    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[dict]) -> dict:
+    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> dict:
         """Create or join the job for this cache key, adding this request's notify targets."""
         request = {k: v for k, v in spec.to_dict().items() if k not in ("notify_email", "webhook_url", "async")}
         # URL parts get their identity from the worker (source id); storing the URL twice could push
         # a 100-part record past DynamoDB's 400 KB item limit.
         stored = {"request": request,
-                  "identities": [None if p.url is not None else ident for p, ident in zip(spec.parts, identities,
-                                                                                           strict=True)]}
+                  "identities": [ident.to_dict() if ident.settled else None for ident in identities]}
         emails = [spec.notify_email] if spec.notify_email else []
         webhooks = [spec.webhook_url] if spec.webhook_url else []
         created = self.jobs.create(job_id, stored)
@@ -211,7 +177,7 @@ class StitchService:
         return [(k, t) for k, t in targets if notify_marker(job.run, job.status, k, t) not in job.notified]
 
     # -- cache ------------------------------------------------------------------------------------
-    def cached_result(self, key: str, options: Options) -> dict | None:
+    def cached_result(self, key: str, options: Options) -> StoredResult | None:
         """The stored result for ``key`` from one HEAD, or None (absent, or expiring before a link would)."""
         s = self.settings
         obj = output_key(s, key, options)
@@ -222,37 +188,27 @@ class StitchService:
             # Lifecycle will delete it while the link is still valid: treat as a miss and re-render
             # (the new PUT restarts the object's lifecycle clock).
             return None
-        meta = info.metadata
         try:
-            if meta.get("parts") == "sidecar":
-                sidecar = self.store.get_json(s.bucket_output, f"{obj}.json")
-                if sidecar is None:
-                    return None
-                parts = sidecar["parts"]
-            else:
-                parts = _decode_spans(meta.get("parts", ""))
-            return {"cache_key": key, "output_key": obj, "duration_s": float(meta["duration-s"]),
-                    "format": options.format, "size_bytes": info.size, "mode": meta.get("mode", ""),
-                    "parts": parts}
+            sidecar = (self.store.get_json(s.bucket_output, f"{obj}.json")
+                       if StoredResult.needs_sidecar(info.metadata) else None)
+            return StoredResult.from_metadata(key, obj, options.format, info.size, info.metadata, sidecar)
         except (KeyError, ValueError):
             log.warning("cache object %s has no usable metadata; re-rendering", obj)
             return None
 
-    def public_result(self, result: dict, *, cached: bool) -> dict:
+    def public_result(self, result: StoredResult, *, cached: bool) -> dict:
         """The 200 body: the result plus a freshly presigned link."""
         url, expires_at = self.store.presign_get(
-            self.settings.bucket_output, result["output_key"], self.settings.presign_ttl_seconds
+            self.settings.bucket_output, result.output_key, self.settings.presign_ttl_seconds
         )
-        return {"public_url": url, "cached": cached, "cache_key": result["cache_key"],
-                "duration_s": result["duration_s"], "format": result["format"], "size_bytes": result["size_bytes"],
-                "mode": result.get("mode", ""), "parts": _part_spans(result), "expires_at": expires_at}
+        return result.public(url=url, expires_at=expires_at, cached=cached)
 
     # -- rendering (inline and worker) --------------------------------------------------------------
     def _workdir(self, label: str) -> Path:
         Path(self.settings.work_dir).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"stitch-{label[:12]}-", dir=self.settings.work_dir))
 
-    def _render_inline(self, key: str, spec: StitchSpec, identities: list[dict]) -> dict:
+    def _render_inline(self, key: str, spec: StitchSpec, identities: list[PartIdentity]) -> StoredResult:
         workdir = self._workdir(key)
         try:
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
@@ -260,7 +216,7 @@ class StitchService:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _download_keys(self, spec: StitchSpec, identities: list[dict], workdir: Path, *,
+    def _download_keys(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *,
                        changed_is_transient: bool) -> dict[int, Path]:
         """Download every bucket part concurrently, pinned to the ETag/VersionId in the cache key."""
         s = self.settings
@@ -270,8 +226,7 @@ class StitchService:
             target = workdir / f"part-{part.index:03d}{Path(part.key).suffix[:10]}"
             try:
                 return part.index, self.store.download(
-                    ident.get("bucket", s.bucket_input), part.key, target,
-                    etag=ident.get("etag"), version_id=ident.get("version_id"),
+                    ident.bucket or s.bucket_input, part.key, target, etag=ident.etag, version_id=ident.version_id,
                 )
             except ObjectMissing:
                 raise PartNotFound(f"{part_label(part.index, part.key)}: no such key in bucket "
@@ -286,15 +241,16 @@ class StitchService:
         firsts: dict[tuple, object] = {}
         for p in spec.parts:
             if p.key is not None:
-                firsts.setdefault(_object_identity(identities[p.index]), p)
+                firsts.setdefault(identities[p.index].object_ref, p)
         if not firsts:
             return {}
         with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(firsts))) as pool:
             got = dict(pool.map(one, firsts.values()))
-        return {p.index: got[firsts[_object_identity(identities[p.index])].index]
+        return {p.index: got[firsts[identities[p.index].object_ref].index]
                 for p in spec.parts if p.key is not None}
 
-    def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path, progress) -> dict:
+    def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path,
+                progress) -> StoredResult:
         """Run the engine over local files and store the result as the cache object (one write)."""
         from .engine import PartInput
 
@@ -303,22 +259,14 @@ class StitchService:
         inputs = [PartInput(path=paths[p.index], options=p.options, name=p.name) for p in spec.parts]
         output = workdir / f"output.{fmt.extension}"
         result = self.stitch(inputs, output, spec.options, progress=progress)
-        data = result.to_dict()
-        obj = output_key(s, key, spec.options)
-        spans = _part_spans(data)
-        encoded = _encode_spans(spans)
-        meta = {"duration-s": f"{data['duration_s']:.3f}", "mode": str(data.get("mode", "")),
-                "engine": ENGINE_VERSION}
-        if len(encoded) > MAX_PARTS_METADATA:
+        stored = StoredResult.from_engine(key, output_key(s, key, spec.options), result, output.stat().st_size)
+        sidecar = stored.sidecar()
+        if sidecar is not None:
             # Written first, so any reader that sees the audio object also finds its sidecar.
-            self.store.put_json(s.bucket_output, f"{obj}.json", {"parts": spans})
-            meta["parts"] = "sidecar"
-        else:
-            meta["parts"] = encoded
-        self.store.upload(output, s.bucket_output, obj, content_type=fmt.content_type,
-                          filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=meta)
-        return {"cache_key": key, "output_key": obj, "duration_s": round(data["duration_s"], 3), "format": fmt.name,
-                "size_bytes": output.stat().st_size, "mode": data.get("mode", ""), "parts": spans}
+            self.store.put_json(s.bucket_output, f"{stored.output_key}.json", sidecar)
+        self.store.upload(output, s.bucket_output, stored.output_key, content_type=fmt.content_type,
+                          filename=f"stitched-{key[:12]}.{fmt.extension}", metadata=stored.metadata(ENGINE_VERSION))
+        return stored
 
     # -- the worker ------------------------------------------------------------------------------
     def run_job(self, job_id: str, *, receive_count: int = 1) -> str:
@@ -391,17 +339,17 @@ class StitchService:
         """Identify URL parts, check the content cache, fetch what is missing, render, store."""
         s = self.settings
         spec = StitchSpec.from_dict(job.spec["request"], s)
-        identities = list(job.spec["identities"])
+        identities = [PartIdentity.from_dict(i) if i is not None else None for i in job.spec["identities"]]
         workdir = self._workdir(job.job_id)
         try:
             url_parts = [p for p in spec.parts if p.url is not None]
             for p in url_parts:
                 info = self.sources.identify_url(p.url, index=p.index, settings=s)
-                identities[p.index] = source_identity(p, info.source_id)
+                identities[p.index] = PartIdentity.of_source(p, info.source_id)
             key = cache_key(identities, spec.options)
             hit = self.cached_result(key, spec.options)
             if hit is not None:
-                return {**hit, "cached": True}
+                return hit.to_record(cached=True)
             # Fetching is the first tenth of the progress bar, the engine the rest.
             fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1)
             paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
@@ -412,7 +360,7 @@ class StitchService:
                 fetching(n / len(url_parts))
             progress = ProgressReporter(self.jobs, job)
             progress(0.0)
-            return {**self._render(key, spec, paths, workdir, progress), "cached": False}
+            return self._render(key, spec, paths, workdir, progress).to_record(cached=False)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -435,7 +383,7 @@ class StitchService:
         """The job as the API shows it; a stored result comes with a fresh link, an expired one with none."""
         body = job.public()
         if job.result is not None:
-            result = self.public_result(job.result, cached=bool(job.result.get("cached", False)))
+            result = self.public_result(StoredResult.from_record(job.result), cached=bool(job.result.get("cached")))
             # Job records outlive cached results (JOB_TTL_DAYS > CACHE_TTL_DAYS): never hand out
             # a link to an object the lifecycle rule has already deleted.
             if self.store.head(self.settings.bucket_output, job.result["output_key"]) is None:
@@ -470,47 +418,3 @@ class StitchService:
         key = f"{s.uploads_prefix}{uuid.uuid4().hex}/{name}"
         url, expires_at = self.store.presign_put(s.bucket_input, key, s.presign_ttl_seconds)
         return {"key": key, "upload_url": url, "method": "PUT", "expires_at": expires_at}
-
-
-_CLIENT_LOCK = threading.Lock()  # boto3 sessions are not safe for concurrent client creation
-
-
-class LazyClient:
-    """A boto3 client built on first use: a cache hit never loads the DynamoDB, SQS or SES models
-    (about 60-80 ms each on a cold start)."""
-
-    def __init__(self, factory):
-        self._factory = factory
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            with _CLIENT_LOCK:
-                if self._client is None:
-                    self._client = self._factory()
-        return self._client
-
-    def __getattr__(self, name):
-        return getattr(self.client, name)
-
-
-def build_service(settings: Settings | None = None, **overrides) -> StitchService:
-    """Wire the real adapters to boto3 clients (AWS_ENDPOINT_URL is honoured by boto3 itself)."""
-    import boto3
-    from botocore.config import Config
-
-    from .config import get_settings
-
-    settings = settings or get_settings()
-    session = boto3.session.Session(region_name=settings.aws_region)
-    base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
-
-    def client(name: str, config: Config = base) -> LazyClient:
-        return LazyClient(lambda: session.client(name, config=config))
-
-    store = Store(client("s3", base.merge(Config(signature_version="s3v4"))))
-    jobs = JobStore(client("dynamodb"), settings.jobs_table, ttl_days=settings.job_ttl_days)
-    queue = JobQueue(client("sqs"), settings.queue_name)
-    notifier = Notifier(client("ses"), settings)
-    return StitchService(settings, store, jobs, queue, notifier, **overrides)

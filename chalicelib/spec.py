@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .config import Settings
@@ -199,30 +199,74 @@ def _parse_email(value) -> str | None:
     return value
 
 
-def key_identity(part: PartSpec, bucket: str, etag: str | None, version_id: str | None = None) -> dict:
-    """Cache-key identity of a bucket part: the exact object version plus trim and gain."""
-    ident = {"bucket": bucket, "key": part.key}
-    # A VersionId pins the bytes even if the ETag scheme changes (multipart vs single PUT).
-    if version_id and version_id != "null":
-        ident["version_id"] = version_id
-    else:
-        ident["etag"] = (etag or "").strip('"')
-    return {**ident, **_trim(part.options)}
+@dataclass(frozen=True)
+class PartIdentity:
+    """One entry of the cache key: which bytes a part reads, plus its trim and gain.
+
+    Exactly one of: an input-bucket object (``bucket``, ``key`` and its ``version_id`` or
+    ``etag``); a ``url`` as requested (what a URL request's job id is made of); or a ``source``,
+    a fetched URL part named by what it is (``youtube:<id>``), not by how it was spelled.
+    """
+
+    trim: tuple[tuple[str, float], ...] = ()
+    bucket: str | None = None
+    key: str | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    url: str | None = None
+    source: str | None = None
+    # Not part of the identity: what the inline budget counts, when the source knows it.
+    size_bytes: int | None = field(default=None, compare=False, repr=False)
+
+    _NAMES = ("bucket", "key", "etag", "version_id", "url", "source")
+
+    @classmethod
+    def of_object(cls, part: PartSpec, bucket: str, etag: str | None, version_id: str | None = None,
+                  size_bytes: int | None = None) -> PartIdentity:
+        """A bucket part: the exact object version."""
+        trim = _trim_items(part.options)
+        # A VersionId pins the bytes even if the ETag scheme changes (multipart vs single PUT).
+        if version_id and version_id != "null":
+            return cls(trim, bucket=bucket, key=part.key, version_id=version_id, size_bytes=size_bytes)
+        return cls(trim, bucket=bucket, key=part.key, etag=(etag or "").strip('"'), size_bytes=size_bytes)
+
+    @classmethod
+    def of_url(cls, part: PartSpec) -> PartIdentity:
+        """A URL part as requested; the worker settles it with ``of_source``."""
+        return cls(_trim_items(part.options), url=part.url)
+
+    @classmethod
+    def of_source(cls, part: PartSpec, source_id: str) -> PartIdentity:
+        return cls(_trim_items(part.options), source=source_id)
+
+    @property
+    def settled(self) -> bool:
+        """Whether this names content (so a cache lookup means something); a URL as spelled does not."""
+        return self.url is None
+
+    @property
+    def object_ref(self) -> tuple:
+        """Which stored bytes a bucket part reads (trim and gain aside): parts that share it share a download."""
+        return self.bucket, self.key, self.etag, self.version_id
+
+    def to_dict(self) -> dict:
+        """The canonical form hashed into the cache key and kept in job records."""
+        ident = {n: getattr(self, n) for n in self._NAMES if getattr(self, n) is not None}
+        return {**ident, **dict(self.trim)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PartIdentity:
+        names = {n: data[n] for n in cls._NAMES if n in data}
+        return cls(tuple(sorted((k, v) for k, v in data.items() if k not in cls._NAMES)), **names)
 
 
-def url_identity(part: PartSpec) -> dict:
-    """Identity of a URL part as requested (the job id); the worker uses ``source_identity``."""
-    return {"url": part.url, **_trim(part.options)}
+def _trim_items(options: PartOptions) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(_trim(options).items()))
 
 
-def source_identity(part: PartSpec, source_id: str) -> dict:
-    """Identity of a fetched URL part by what it is (``youtube:<id>``), not how it was spelled."""
-    return {"source": source_id, **_trim(part.options)}
-
-
-def cache_key(identities: list[dict], options: Options) -> str:
+def cache_key(identities: list[PartIdentity], options: Options) -> str:
     """sha256 over the canonical JSON of the ordered part identities, options and engine version."""
-    doc = {"engine": ENGINE_VERSION, "options": options.to_dict(), "parts": identities}
+    doc = {"engine": ENGINE_VERSION, "options": options.to_dict(), "parts": [i.to_dict() for i in identities]}
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 

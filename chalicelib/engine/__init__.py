@@ -5,6 +5,7 @@ Plans a frame-level MP3 join when the parts allow it, otherwise one streaming ff
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,32 +16,61 @@ from . import mp3
 from .probe import AudioInfo, probe
 from .types import PartInput, PartSpan, Result
 
-__all__ = ["stitch", "probe", "plan_mode", "AudioInfo", "PartInput", "PartSpan", "Result"]
+__all__ = ["stitch", "probe", "plan_join", "plan_mode", "AudioInfo", "PartInput", "PartSpan", "Result"]
 
 # Trim points may overshoot a probed duration by this much: container durations are rounded.
 _TRIM_SLACK_S = 0.05
+# auto copies when what a frame join keeps at a join is under this share of both parts: 1 %
+# (about 45 ms of padding next to 4.5 s parts) is masked by the parts themselves.
+AUTO_MAX_KEPT = 0.01
 
 
 def _part_field(index: int, name: str) -> str:
     return f"message_parts[{index}].{name}"
 
 
-def plan_mode(infos: list[AudioInfo], parts: list[PartInput], options: Options) -> str:
-    """"copy" when every part is clean MP3 of one stream kind and nothing asks for decoding."""
+def _copyable(infos: list[AudioInfo], parts: list[PartInput], options: Options) -> bool:
+    """Every part is clean MP3 of one stream kind, used whole, and nothing asks for decoding."""
     if options.format != "mp3" or options.needs_decode:
-        return "encode"
+        return False
     if not all(p.options.is_identity for p in parts):
-        return "encode"
+        return False
     heads = [i.mp3_head for i in infos]
     if any(h is None for h in heads) or not mp3.compatible(heads):
-        return "encode"
+        return False
     # Only Layer III decoders know to skip a Xing/Info frame; in MP1/MP2 it would play as silence.
-    return "copy" if heads[0].header.layer == 3 else "encode"
+    return heads[0].header.layer == 3
+
+
+def _padding_inaudible(heads: list[mp3.Mp3Head]) -> bool:
+    """The auto rule: at every join, the encoder padding and delay a frame join keeps are under
+    AUTO_MAX_KEPT of both parts it separates."""
+    rate = heads[0].header.sample_rate
+    for a, b in itertools.pairwise(heads):
+        kept = ((a.vbr_tag.encoder_padding or 0) if a.vbr_tag else 0) + (
+            (b.vbr_tag.encoder_delay or 0) if b.vbr_tag else 0)
+        if kept >= AUTO_MAX_KEPT * min(a.duration_estimate, b.duration_estimate) * rate:
+            return False
+    return True
+
+
+def plan_join(infos: list[AudioInfo], parts: list[PartInput], options: Options) -> str:
+    """"copy" or "exact", from the ``join`` option and what the parts allow."""
+    if not _copyable(infos, parts, options):
+        return "exact"
+    if options.join == "copy":
+        return "copy"
+    return "copy" if _padding_inaudible([i.mp3_head for i in infos]) else "exact"
+
+
+def plan_mode(infos: list[AudioInfo], parts: list[PartInput], options: Options) -> str:
+    """The older form of ``plan_join``: "copy" or "encode"."""
+    return "copy" if plan_join(infos, parts, options) == "copy" else "encode"
 
 
 def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list:
     """Each part's trimmed span, checked against its real duration."""
-    from .encode import Segment
+    from .segment import Segment
 
     segments = []
     for info, part in zip(infos, parts, strict=True):
@@ -83,14 +113,6 @@ def _check_options(segments: list, options: Options) -> float:
     return total
 
 
-def _spans(durations: list[float], gap_s: float, overlap_s: float) -> list[PartSpan]:
-    spans, at = [], 0.0
-    for i, d in enumerate(durations):
-        spans.append(PartSpan(i, round(at, 6), round(at + d, 6)))
-        at += d + gap_s - overlap_s
-    return spans
-
-
 @contextlib.contextmanager
 def _temp_beside(output: Path):
     """A temp path in the destination's directory, renamed over ``output`` only on success."""
@@ -121,14 +143,14 @@ def stitch(parts: list[PartInput], output_path: str | Path, options: Options,
     output = Path(output_path)
     # MPEG parts are only peeked at first: a copy join walks their frames while copying them.
     infos = [probe(p.path, i, p.name, walk=False) for i, p in enumerate(parts)]
-    if plan_mode(infos, parts, options) == "copy":
+    if plan_join(infos, parts, options) == "copy":
         try:
             return _copy(infos, output, progress)
         except _NotClean:
             pass  # junk between frames: ffmpeg decodes it fine, so re-encode instead
     infos = [probe(p.path, i, p.name) if info.mp3_head is not None else info
              for i, (p, info) in enumerate(zip(parts, infos, strict=True))]
-    return _encode(infos, parts, output, options, progress)
+    return _exact(infos, parts, output, options, progress)
 
 
 class _NotClean(Exception):
@@ -136,9 +158,9 @@ class _NotClean(Exception):
 
 
 def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
-    def scan_part(i: int, head: mp3.Mp3Head) -> mp3.Mp3Scan:
+    def scan_part(i: int, head: mp3.Mp3Head, buf: bytearray, fd: int) -> mp3.Mp3Scan:
         try:
-            return mp3.scan(head.path, head)
+            return mp3.scan(head.path, head, buf, fd)
         except mp3.Mp3Truncated as exc:
             raise UnsupportedAudio(f"{infos[i].label}: {exc}", part=i) from None
         except mp3.Mp3Error:
@@ -150,43 +172,41 @@ def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
         progress(1.0)
     rate = joined.sample_rate
     spans = [PartSpan(i, round(a / rate, 6), round(b / rate, 6)) for i, (a, b) in enumerate(joined.part_samples)]
-    return Result(round(joined.samples / rate, 6), "mp3", joined.size_bytes, "copy", spans)
+    return Result(round(joined.samples / rate, 6), "mp3", joined.size_bytes, "copy", spans,
+                  added_silence_ms=round(joined.kept_samples * 1000 / rate, 3))
 
 
-def _encode(infos, parts, output: Path, options: Options, progress) -> Result:
-    # Imported here: a copy join never needs the encoder's machinery.
-    from . import encode as enc
+def _exact(infos, parts, output: Path, options: Options, progress) -> Result:
+    # Imported here: a copy join never needs the decoder's or encoder's machinery.
+    from . import encode, graph, loudness
 
     segments = _segments(infos, parts)
-    total = _check_options(segments, options)
-    rate, channels = enc.output_rate(options, infos), enc.output_channels(options, infos)
-    # Loudness matching without crossfades streams the parts into the encoder as their levels
-    # become known (measuring overlaps encoding); crossfades need every part in one graph, so
-    # there all levels are measured first.
-    streamed = options.loudness_lufs is not None and not (options.crossfade_ms and len(segments) > 1)
-    if options.loudness_lufs is not None and not streamed:
-        gains = enc.loudness_gains(segments, options.loudness_lufs)
-        segments = [enc.Segment(s.info, s.start_s, s.duration_s, s.gain_db + g, s.cut_end)
-                    for s, g in zip(segments, gains, strict=True)]
+    _check_options(segments, options)
+    rate, channels = encode.output_rate(options, infos), encode.output_channels(options, infos)
+    layout = graph.Layout.of(options, rate, channels, len(segments))
+    ceiling = loudness.CEILING_DBTP["lossless" if options.output_format.lossless else "lossy"]
+    if graph.streams_parts(options, segments, layout):
+        # Each part starts once its own level is known: measuring overlaps encoding.
+        source = graph.streamed_pcm(segments, layout, options.loudness_lufs, ceiling)
+    else:
+        segments = loudness.leveled(segments, options.loudness_lufs, ceiling)
+        source = graph.graph_pcm(segments, layout)
+    total = layout.total(segments)
     with _temp_beside(output) as tmp:
         try:
-            if streamed:
-                feed = enc.loudness_feed(segments, options.loudness_lufs, options, rate, channels)
-                enc.run_ffmpeg(enc.stream_command(options, rate, channels, total, tmp), total, progress, feed)
-            else:
-                enc.run_ffmpeg(enc.build_command(segments, options, rate, channels, total, tmp), total, progress)
-        except StitchError as exc:
-            # Streamed parts are decoded by their own processes, which name a failing part
-            # themselves: an encoder fed raw PCM has no part to blame.
-            if streamed or isinstance(exc, (UnsupportedAudio, BadRequest)):
-                raise
+            with source as pcm:
+                encode.encode(pcm.stream, tmp, options, layout, total, progress)
+        except graph.DecodeFailed as exc:
             raise _blame(infos, exc) from None
         size = os.path.getsize(tmp)
     if progress:
         progress(1.0)
-    overlap = options.crossfade_ms / 1000 if len(segments) > 1 else 0.0
-    spans = _spans([s.duration_s for s in segments], options.gap_ms / 1000, overlap)
-    return Result(round(total, 6), options.format, size, "encode", spans)
+    spans, at = [], 0
+    for i, s in enumerate(pcm.segments):
+        n = s.samples(rate)
+        spans.append(PartSpan(i, round(at / rate, 6), round((at + n) / rate, 6), s.gain_limited_db))
+        at += n + layout.gap - layout.crossfade
+    return Result(round(total / rate, 6), options.format, size, "exact", spans)
 
 
 def _blame(infos: list[AudioInfo], exc: StitchError) -> StitchError:

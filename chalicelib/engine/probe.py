@@ -4,7 +4,9 @@ No ffprobe (no wheel we can ship has it). Every failure becomes a typed error na
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ class AudioInfo:
     name: str | None = None
     mp3: mp3.Mp3Scan | None = field(default=None, repr=False, compare=False)  # set for clean MPEG audio
     mp3_head: mp3.Mp3Head | None = field(default=None, repr=False, compare=False)  # MPEG, maybe not walked
+    lead_in: int = 0  # samples ffmpeg decodes before the audio and does not skip by itself (priming)
 
     @property
     def label(self) -> str:
@@ -40,16 +43,17 @@ def probe(path, index: int = 0, name: str | None = None, *, walk: bool = True) -
     ``walk=False`` an MPEG file is judged by its first frames only (its duration is the header's
     estimate and truncation is not checked): the copy join walks the frames while copying.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     label = part_label(index, name or path.name)
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise PartNotFound(f"{label}: file not found", part=index) from None
     except OSError as exc:
         raise PartNotFound(f"{label}: cannot read file ({exc.strerror})", part=index) from None
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise PartNotFound(f"{label}: not a regular file", part=index)
+    size = st.st_size
     if size == 0:
         raise UnsupportedAudio(f"{label}: empty file", part=index)
 
@@ -101,18 +105,37 @@ def _probe_mutagen(path: Path, index: int, name: str | None) -> AudioInfo | None
         return None
     info = f.info
     length = float(getattr(info, "length", 0) or 0)
-    rate = int(getattr(info, "sample_rate", 0) or 0)
+    # Opus always decodes at 48 kHz (mutagen does not say).
+    rate = 48000 if kind == "OggOpus" else int(getattr(info, "sample_rate", 0) or 0)
     channels = int(getattr(info, "channels", 0) or 0)
     if length <= 0 or rate <= 0 or channels <= 0:
         return None
     codec = _MUTAGEN_CODECS[kind]
+    lead_in = 0
     if kind == "MP4":
         codec = str(getattr(info, "codec", "mp4a") or "mp4a")
         if not codec.startswith("mp4a"):
             return None  # ALAC and friends: let ffmpeg say whether it decodes them
         codec = "aac"
+        # The container's length counts the encoder's priming and padding; the edit list or
+        # iTunSMPB says what a decoder plays.
+        from . import mp4
+
+        found = mp4.gapless(path, rate, _itunsmpb(f))
+        if found is not None:
+            length, lead_in = found.samples / rate, found.lead_in
+    elif kind == "FLAC" and getattr(info, "total_samples", 0):
+        length = info.total_samples / rate
     bitrate = getattr(info, "bitrate", None)
-    return AudioInfo(path, length, codec, rate, channels, int(bitrate) // 1000 if bitrate else None, index, name)
+    return AudioInfo(path, length, codec, rate, channels, int(bitrate) // 1000 if bitrate else None, index, name,
+                     lead_in=lead_in)
+
+
+def _itunsmpb(f) -> str | None:
+    value = (f.tags or {}).get("----:com.apple.iTunes:iTunSMPB")
+    if not value:
+        return None
+    return bytes(value[0]).decode("latin-1", "replace")
 
 
 _STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
@@ -126,10 +149,10 @@ def _ffmpeg(args: list[str], label: str, index: int, timeout: float):
     """Run ffmpeg on one part; a part that keeps it busy past ``timeout`` is unusable, not a retry."""
     import subprocess  # here, not at the top: an MP3 copy join never starts a process
 
-    from ..ffmpeg import ffmpeg_binary
+    from ..ffmpeg import ffmpeg_command
 
     try:
-        return subprocess.run([ffmpeg_binary(), "-hide_banner", "-nostdin", *args],
+        return subprocess.run(ffmpeg_command(*args, loglevel="info"),
                               capture_output=True, text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
         raise UnsupportedAudio(f"{label}: ffmpeg could not read it within {timeout:g} s", part=index) from None

@@ -64,7 +64,7 @@ def make_env(tmp_path: Path, **settings_overrides) -> Env:
     """Create every resource with infra.ensure_resources inside an active moto mock."""
     import boto3
 
-    from chalicelib.service import build_service
+    from chalicelib.bootstrap import build_service
     from infra import ensure_resources
 
     work = tmp_path / "work"

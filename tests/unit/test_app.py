@@ -9,9 +9,9 @@ import pytest
 from chalice.test import Client
 
 import app as app_module
+from chalicelib.bootstrap import build_service
 from chalicelib.config import Settings
 from chalicelib.errors import TransientError
-from chalicelib.service import build_service
 from tests.unit.stitchenv import make_env
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])

@@ -120,3 +120,37 @@ def test_error_has_no_traceback(files, tmp_path):
     code, out, err = run_cli([str(files["txt"]), "-o", str(tmp_path / "o.mp3")], tty=False)
     assert code == 2 and out == b""
     assert err == b"error: part 0 (notes.txt): no audio stream\n"
+
+
+def test_format_follows_the_output_extension(files, tmp_path, capsys):
+    out = tmp_path / "o.ogg"
+    assert main([str(files["a"]), "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "ogg"
+    assert out.read_bytes()[:4] == b"OggS"  # not MP3 bytes under an .ogg name
+
+
+@pytest.mark.parametrize("output, extra, message", [
+    ("o.ogg", ["--format", "mp3"], "error: --format mp3 does not match -o o.ogg (.ogg is ogg)"),
+    ("o.xyz", [], "error: -o: cannot tell the format from '.xyz'"),
+])
+def test_output_name_and_format_must_agree(files, tmp_path, capsys, output, extra, message):
+    assert main([str(files["a"]), "-o", str(tmp_path / output), *extra]) == 2
+    assert capsys.readouterr().err.startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_extension_is_fine_with_an_explicit_format(files, tmp_path, capsys):
+    out = tmp_path / "o.audio"
+    assert main([str(files["a"]), "-o", str(out), "--format", "wav"]) == 0
+    assert out.read_bytes()[:4] == b"RIFF"
+
+
+def test_output_that_is_a_directory_is_a_clear_error(files, tmp_path, capsys):
+    assert main([str(files["a"]), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -o: {tmp_path} is a directory") and "Traceback" not in err
+
+
+def test_bad_trim_suffix_is_named(files, tmp_path, capsys):
+    assert main([f"{files['a']}@abc", "-o", str(tmp_path / "o.mp3")]) == 2
+    assert capsys.readouterr().err.startswith("error: part 0 (a.mp3): bad trim/gain suffix '@abc'")

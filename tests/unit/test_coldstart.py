@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("pydub", "yt_dlp", "chalicelib.engine", "chalicelib.sources", "chalicelib.service", "mutagen",
-         "imageio_ffmpeg", "boto3", "moto")
+HEAVY = ("pydub", "yt_dlp", "chalicelib.engine", "chalicelib.sources", "chalicelib.service",
+         "chalicelib.bootstrap", "mutagen", "imageio_ffmpeg", "boto3", "moto")
 
 
 def _import_app(extra_env: dict | None = None, code: str = "") -> dict:

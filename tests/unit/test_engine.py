@@ -6,7 +6,7 @@ import pytest
 from chalicelib.engine import PartInput, probe, stitch
 from chalicelib.errors import BadRequest, PartNotFound, UnsupportedAudio
 from chalicelib.options import Options, PartOptions
-from tests.audio import decode_audio, decoded_duration, make_tone
+from tests.audio import decode_audio, decoded_duration, decoded_frames, make_tone
 
 
 @pytest.fixture(scope="module")
@@ -273,19 +273,24 @@ def test_loudness_part_that_cannot_be_measured(clips, tmp_path):
     assert leftovers(tmp_path, {"odd.wav"}) == []
 
 
-def test_plain_join_of_matching_parts_is_the_hand_written_command(clips, tmp_path):
-    """No per-part filters when nothing needs converting: the encode costs what ffmpeg alone does."""
-    from chalicelib.engine import encode
+def test_one_graph_decodes_to_pcm_and_a_separate_encoder_encodes_it(clips, tmp_path):
+    """The decode side is one ffmpeg writing f32le on stdout, every part cut to its exact length."""
+    from chalicelib.engine import graph
+    from chalicelib.engine.segment import Segment
 
     infos = [probe(clips["mp3"], 0), probe(clips["m4a"], 1)]
-    segs = [encode.Segment(i, 0.0, i.duration_s, 0.0, cut_end=False) for i in infos]
-    cmd = encode.build_command(segs, Options.from_dict({"bitrate": "96k"}), 44100, 2, 2.5, str(tmp_path / "o.mp3"))
-    graph = cmd[cmd.index("-filter_complex") + 1]
-    assert graph == "[0:a:0][1:a:0]concat=n=2:v=0:a=1[j]"
+    segs = [Segment(i, 0.0, i.duration_s, 0.0, cut_end=False) for i in infos]
+    layout = graph.Layout.of(Options(), 44100, 2, 2)
+    cmd = graph.graph_command(segs, layout)
+    assert cmd[-7:] == ["-f", "f32le", "-ar", "44100", "-ac", "2", "pipe:1"]
+    chains = cmd[cmd.index("-filter_complex") + 1].split(";")
+    assert "atrim=end_sample=66150,apad=whole_len=66150" in chains[0]
+    assert "atrim=end_sample=44100,apad=whole_len=44100" in chains[1]
+    assert chains[-1] == "[p0][p1]concat=n=2:v=0:a=1[j]"
     assert "-t" not in cmd
     out = tmp_path / "o.mp3"
-    stitch([PartInput(clips["mp3"]), PartInput(clips["m4a"])], out, Options.from_dict({"bitrate": "96k"}))
-    assert decoded_duration(out) == pytest.approx(2.5, abs=0.06)
+    result = stitch([PartInput(clips["mp3"]), PartInput(clips["m4a"])], out, Options.from_dict({"bitrate": "96k"}))
+    assert decoded_frames(out) == 66150 + 44100 and result.duration_s == 2.5
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -296,8 +301,9 @@ def test_failed_loudness_measurement_kills_the_others(clips, tmp_path, streamed)
     import struct
     import threading
 
-    from chalicelib.engine import encode
+    from chalicelib.engine import graph, loudness
     from chalicelib.engine.probe import AudioInfo
+    from chalicelib.engine.segment import Segment
 
     fmt = struct.pack("<HHIIHH", 0x1234, 1, 8000, 16000, 2, 16)
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 4096) + bytes(4096)
@@ -305,17 +311,19 @@ def test_failed_loudness_measurement_kills_the_others(clips, tmp_path, streamed)
     odd.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     fifo = tmp_path / "never.wav"
     os.mkfifo(fifo)
-    segments = [encode.Segment(AudioInfo(odd, 0.1, "pcm", 8000, 1, index=0), 0.0, 0.1, 0.0),
-                encode.Segment(AudioInfo(fifo, 60.0, "pcm", 44100, 2, index=1), 0.0, 60.0, 0.0)]
+    segments = [Segment(AudioInfo(odd, 0.1, "pcm", 8000, 1, index=0), 0.0, 0.1, 0.0),
+                Segment(AudioInfo(fifo, 60.0, "pcm", 44100, 2, index=1), 0.0, 60.0, 0.0)]
+    layout = graph.Layout.of(Options(), 44100, 2, 2)
     outcome = []
 
     def run():
         try:
             if streamed:
-                with open(os.devnull, "wb") as sink:
-                    encode.loudness_feed(segments, -16, Options(), 44100, 2)(sink)
+                with graph.streamed_pcm(segments, layout, -16, -1.0) as pcm:
+                    while pcm.stream.read(1 << 16):
+                        pass
             else:
-                encode.loudness_gains(segments, -16)
+                loudness.leveled(segments, -16, -1.0)
         except UnsupportedAudio as exc:
             outcome.append(exc)
 
@@ -336,8 +344,9 @@ def test_streamed_encoder_failure_is_not_blamed_on_a_part(clips, tmp_path, monke
     from chalicelib.engine import encode
     from chalicelib.errors import StitchError
 
-    real = encode.stream_command
-    monkeypatch.setattr(encode, "stream_command", lambda *a: [*real(*a)[:-1], "-no-such-option", "x"])
+    real = encode.encoder_command
+    monkeypatch.setattr(encode, "encoder_command", lambda *a: [*real(*a)[:-1], "-no-such-option", "x"])
+    monkeypatch.setattr(encode, "_parallel", lambda: None)
     monkeypatch.setattr(encode, "decodes", lambda info: pytest.fail("a part was decoded to blame it"))
     with pytest.raises(StitchError) as exc:
         stitch([PartInput(clips["quiet"]), PartInput(clips["loud"])], tmp_path / "o.mp3",

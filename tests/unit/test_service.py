@@ -5,11 +5,12 @@ import threading
 
 import pytest
 
-from chalicelib import service as service_mod
+from chalicelib import results
+from chalicelib.bootstrap import build_service
 from chalicelib.errors import NotFound, PartNotFound, TransientError, UnsupportedAudio
 from chalicelib.jobs import QUEUED, RUNNING
 from chalicelib.notify import verify
-from chalicelib.service import ProgressReporter, build_service
+from chalicelib.service import ProgressReporter
 from chalicelib.store import Store
 from tests.audio import decoded_duration
 from tests.unit.stitchenv import SECRET, Receiver, make_env
@@ -45,9 +46,20 @@ def test_miss_renders_inline_then_the_same_request_is_a_cache_hit(env):
 
     status, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3"]})
     assert status == 200 and hit["cached"] is True and hit["cache_key"] == body["cache_key"]
-    for name in ("size_bytes", "duration_s", "parts", "format", "mode"):
+    for name in ("size_bytes", "duration_s", "parts", "format", "mode", "join", "added_silence_ms"):
         assert hit[name] == body[name], name
     assert env.messages() == []  # nothing was queued
+
+
+def test_join_policy_reaches_the_engine_and_the_body(env):
+    _ab(env)
+    _, exact = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "exact"})
+    assert (exact["join"], exact["mode"], exact["added_silence_ms"]) == ("exact", "encode", 0.0)
+    _, copy = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
+    assert copy["cache_key"] != exact["cache_key"]  # join is an option: part of the key
+    assert (copy["join"], copy["mode"]) == ("copy", "copy") and copy["added_silence_ms"] > 20
+    _, hit = env.service.submit({"message_parts": ["a.mp3", "b.mp3"], "join": "copy"})
+    assert hit["cached"] is True and hit["join"] == "copy" and hit["added_silence_ms"] == copy["added_silence_ms"]
 
 
 def test_order_matters_and_a_replaced_input_changes_the_key(env):
@@ -372,7 +384,7 @@ def test_cache_object_without_metadata_is_rendered_again(env):
 
 
 def test_long_part_lists_keep_their_spans_in_a_sidecar(env, monkeypatch):
-    monkeypatch.setattr(service_mod, "MAX_PARTS_METADATA", 10)
+    monkeypatch.setattr(results, "MAX_PARTS_METADATA", 10)
     _ab(env)
     _, first = env.service.submit({"message_parts": ["a.mp3", "b.mp3", "a.mp3"]})
     sidecar = f"cache/{first['cache_key']}.mp3.json"

@@ -8,14 +8,12 @@ from chalicelib.config import Settings
 from chalicelib.errors import BadRequest, SourceRefused
 from chalicelib.options import Options
 from chalicelib.spec import (
+    PartIdentity,
     StitchSpec,
     cache_key,
-    key_identity,
     output_key,
     parse_body,
     parse_request,
-    source_identity,
-    url_identity,
 )
 
 SETTINGS = Settings(max_parts=5)
@@ -121,7 +119,7 @@ def test_parse_body_accepts_an_object():
 
 def _key(body, etags, bucket="in"):
     s = parse(body, check_urls=False)
-    return cache_key([key_identity(p, bucket, etags[p.key]) for p in s.parts], s.options)
+    return cache_key([PartIdentity.of_object(p, bucket, etags[p.key]) for p in s.parts], s.options)
 
 
 ETAGS = {"a": "e1", "b": "e2"}
@@ -163,14 +161,32 @@ def test_cache_key_changes_with_engine_version(monkeypatch):
 
 def test_version_id_pins_identity_when_present():
     p = parse({"message_parts": ["a"]}).parts[0]
-    assert key_identity(p, "in", '"e1"', "v1") == {"bucket": "in", "key": "a", "version_id": "v1", "gain_db": 0.0}
-    assert key_identity(p, "in", '"e1"', "null")["etag"] == "e1"
+    pinned = PartIdentity.of_object(p, "in", '"e1"', "v1")
+    assert pinned.to_dict() == {"bucket": "in", "key": "a", "version_id": "v1", "gain_db": 0.0}
+    assert PartIdentity.of_object(p, "in", '"e1"', "null").to_dict()["etag"] == "e1"
 
 
 def test_url_and_source_identities_differ_and_keep_trim():
     p = parse({"message_parts": [{"url": "https://youtu.be/x", "end_s": 5}]}, check_urls=False).parts[0]
-    assert url_identity(p) == {"url": "https://youtu.be/x", "end_s": 5.0, "gain_db": 0.0}
-    assert source_identity(p, "youtube:x") == {"source": "youtube:x", "end_s": 5.0, "gain_db": 0.0}
+    requested, fetched = PartIdentity.of_url(p), PartIdentity.of_source(p, "youtube:x")
+    assert requested.to_dict() == {"url": "https://youtu.be/x", "end_s": 5.0, "gain_db": 0.0}
+    assert fetched.to_dict() == {"source": "youtube:x", "end_s": 5.0, "gain_db": 0.0}
+    assert not requested.settled and fetched.settled
+
+
+def test_identities_read_back_from_the_job_record_and_hash_as_their_dict():
+    import hashlib
+    import json
+
+    s = parse({"message_parts": [{"key": "a", "start_s": 1, "gain_db": -2}, "b"]})
+    idents = [PartIdentity.of_object(p, "in", ETAGS[p.key], size_bytes=10) for p in s.parts]
+    assert [PartIdentity.from_dict(i.to_dict()) for i in idents] == idents
+    assert idents[0].object_ref == ("in", "a", "e1", None)
+    doc = {"engine": spec_mod.ENGINE_VERSION, "options": s.options.to_dict(), "parts": [
+        {"bucket": "in", "key": "a", "etag": "e1", "start_s": 1.0, "gain_db": -2.0},
+        {"bucket": "in", "key": "b", "etag": "e2", "gain_db": 0.0}]}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert cache_key(idents, s.options) == hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def test_output_key_uses_prefix_and_extension():

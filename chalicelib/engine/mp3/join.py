@@ -1,0 +1,181 @@
+"""Join MP3 files frame by frame: every part's audio frames behind one new Xing/Info + LAME frame."""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .frames import OFFSET_STRIDE
+from .tags import build_tag_frame, played_samples, tag_frame_header
+from .walk import CHUNK, Mp3Head, Mp3Scan, scan
+
+
+def toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
+    """Xing TOC: for each percent of play time, the byte position in 1/256 of the stream.
+
+    Positions count from the first audio frame, so entry 0 is 0 as in LAME's own tags."""
+    total_frames = sum(s.frames for s in scans)
+    table = bytearray(100)
+    part_first_frame, part_first_byte = [], []
+    frames = 0
+    byte = 0
+    for s in scans:
+        part_first_frame.append(frames)
+        part_first_byte.append(byte)
+        frames += s.frames
+        byte += s.end - s.start
+    k = 0
+    for i in range(100):
+        target = i * total_frames // 100
+        while k + 1 < len(scans) and part_first_frame[k + 1] <= target:
+            k += 1
+        s = scans[k]
+        local = target - part_first_frame[k]
+        sample = min(local // OFFSET_STRIDE, len(s.offsets) - 1)
+        # Between two sampled offsets, interpolate with the part's average frame size.
+        approx = s.offsets[sample] + (local - sample * OFFSET_STRIDE) * (s.end - s.start) // max(s.frames, 1)
+        pos = part_first_byte[k] + (min(approx, s.end) - s.start)
+        table[i] = min(255, pos * 256 // total_bytes)
+    return bytes(table)
+
+
+def compatible(heads: list[Mp3Head] | list[Mp3Scan]) -> bool:
+    """Same MPEG version, layer, sample rate and channel count: the frames can share a stream."""
+    return len({h.header.stream_key for h in heads}) == 1
+
+
+def kept_padding(scans: list[Mp3Scan]) -> list[int]:
+    """Samples of encoder padding and delay a frame join keeps at each join (parts without a
+    LAME tag count 0: nothing says how much of them is padding)."""
+    return [a.encoder_padding + b.encoder_delay for a, b in itertools.pairwise(scans)]
+
+
+def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+    """Copy bytes file to file inside the kernel when it can (no user-space buffer), else in
+    bounded chunks. Explicit offsets: no shared file position, so it can run in a thread."""
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src_fd, dst_fd, min(length - done, 1 << 30), src_off + done, dst_off + done)
+            if n == 0:
+                break
+            done += n
+    except (AttributeError, OSError):
+        pass
+    while done < length:
+        block = os.pread(src_fd, min(CHUNK, length - done), src_off + done)
+        if not block:
+            raise OSError("file shrank while it was being copied")
+        os.pwrite(dst_fd, block, dst_off + done)
+        done += len(block)
+
+
+@dataclass
+class JoinInfo:
+    frames: int
+    samples: int  # decoded samples of the whole output
+    part_samples: list[tuple[int, int]]  # each part's [start, end) in output samples
+    size_bytes: int
+    sample_rate: int
+    kept_samples: int = 0  # encoder padding + delay kept at the joins, in samples
+
+
+def join(heads: list[Mp3Head], out_path: str | Path,
+         scan_part: Callable[[int, Mp3Head, bytearray, int], Mp3Scan] | None = None) -> JoinInfo:
+    """Write every part's audio frames, in order, behind one new Xing/Info + LAME tag frame.
+
+    ``scan_part(i, head, buf, fd)`` walks part i (open as ``fd``) with the read buffer ``buf``
+    (and may raise for a bad part). Each part is walked while a thread copies it: the copy runs
+    in the kernel, so the two overlap on two cores. Each part is opened once.
+    """
+    if not heads or not compatible(heads):
+        raise ValueError("join needs at least one part and compatible streams")
+    scan_part = scan_part or (lambda _i, head, buf, fd: scan(head.path, head, buf, fd))
+    h = heads[0].header
+    spf = h.samples
+    _, tag_size = tag_frame_header(h)
+    scans: list[Mp3Scan] = []
+    # One read buffer for every part, sized to the largest: a fresh 1 MB per part costs more in
+    # zero-filling than walking a short part does.
+    buf = bytearray(min(CHUNK, max(4, max(x.end_limit - x.audio_start for x in heads))))
+    # No O_TRUNC: truncating a file (even an empty one) makes ext4 flush it at close
+    # ("auto_da_alloc"), which costs more than the join; the size is set at the end instead.
+    with open(os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o644), "wb", closefd=True) as dst:
+        dst_fd = dst.fileno()
+        copier = _Copier()
+        at = tag_size  # the tag frame is written last, once the counts are known
+        try:
+            for i, head in enumerate(heads):
+                # Copy optimistically up to the trailing tags while the walk runs; if the walk
+                # finds the frames end earlier (stray bytes), the next part's copy overwrites
+                # the excess (copies run in order) and the final truncate cuts it off.
+                src = os.open(head.path, os.O_RDONLY)
+                try:
+                    # The copier closes its own descriptor when its copy is done.
+                    copier.put(os.dup(src), dst_fd, head.audio_start, at, head.end_limit - head.audio_start)
+                    s = scan_part(i, head, buf, src)
+                finally:
+                    os.close(src)
+                if s.start != head.audio_start or s.end > head.end_limit:
+                    raise ValueError("scan_part must walk the part from its head")
+                scans.append(s)
+                at += s.end - s.start
+        except BaseException:
+            copier.finish(cancel=True)  # the output is going away: skip copies not started yet
+            raise
+        copier.finish()
+        os.ftruncate(dst_fd, at)
+        total_frames = sum(s.frames for s in scans)
+        vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
+        # Always a LAME tag: with a bare Info frame mpg123 still skips its decoder delay and
+        # ffmpeg does not, so only a tag (delay 0 for an untagged first part) makes them agree.
+        delay, padding = scans[0].encoder_delay, scans[-1].encoder_padding
+        frame = build_tag_frame(h, total_frames, at, toc(scans, at), vbr=vbr, delay=delay, padding=padding)
+        os.pwrite(dst_fd, frame, 0)
+    total = played_samples(total_frames, spf, delay, padding)
+    # Frame k starts at sample R_k of the stream; a decoder outputs it DECODER_DELAY later and
+    # skips delay + DECODER_DELAY, so in played samples it starts at R_k - delay.
+    skip = delay
+    part_samples, pos = [], -skip
+    for s in scans:
+        part_samples.append((max(0, pos), max(0, min(pos + s.frames * spf, total))))
+        pos += s.frames * spf
+    return JoinInfo(total_frames, total, part_samples, at, h.sample_rate, sum(kept_padding(scans)))
+
+
+class _Copier:
+    """One thread running file copies in the order they were queued."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="mp3-join-copy", daemon=True)
+        self._thread.start()
+
+    def put(self, src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+        """Queue a copy; ``src_fd`` is the copier's to close."""
+        self._jobs.put((src_fd, dst_fd, src_off, dst_off, length))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            src_fd, dst_fd, src_off, dst_off, length = job
+            try:
+                if self._error is None and not self._cancelled:
+                    _copy_range(src_fd, dst_fd, src_off, dst_off, length)
+            except BaseException as exc:  # handed to the joining thread by finish()
+                self._error = exc
+            finally:
+                os.close(src_fd)
+
+    def finish(self, cancel: bool = False) -> None:
+        """Wait for the queued copies (or skip those not started); re-raise a copy's error."""
+        self._cancelled = cancel
+        self._jobs.put(None)
+        self._thread.join()
+        if self._error is not None and not cancel:
+            raise self._error

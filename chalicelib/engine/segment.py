@@ -1,0 +1,72 @@
+"""One part's pipeline, described once: the trimmed span of its source, its gain, and the exact
+number of samples it contributes. Its methods give the ffmpeg input args and filters; the
+one-graph path and the streamed path both build from them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .probe import AudioInfo
+
+# Input-side reads may stop this much after a trimmed end: the exact cut is atrim's.
+_READ_SLACK_S = 0.1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One part as it enters the graph: the trimmed span of its source and its total gain."""
+
+    info: AudioInfo
+    start_s: float
+    duration_s: float
+    gain_db: float
+    cut_end: bool = True  # end_s was given: stop reading there
+    gain_limited_db: float = 0.0  # how much of the requested boost was given up for headroom
+
+    def with_gain(self, gain_db: float, limited_db: float = 0.0) -> Segment:
+        return replace(self, gain_db=gain_db, gain_limited_db=limited_db)
+
+    def samples(self, rate: int) -> int:
+        """Samples this part contributes at ``rate``: its gapless length, to the sample."""
+        return round(self.duration_s * rate)
+
+    def input_args(self, slack_s: float = _READ_SLACK_S) -> list[str]:
+        """The ffmpeg input options and ``-i`` for this part's source (reading ``slack_s`` past
+        a trimmed end, for the exact cut of ``filters`` to take)."""
+        args = []
+        head = self.info.mp3_head
+        if head is not None and head.prefix_junk:
+            # ffmpeg only reads a LAME tag in the first frame it sees: start it there.
+            args += ["-skip_initial_bytes", str(head.first_frame)]
+        if self.start_s:
+            args += ["-ss", f"{self.start_s:.6f}"]
+        if self.cut_end:
+            args += ["-t", f"{self.duration_s + slack_s:.6f}"]
+        return args + ["-i", str(self.info.path)]
+
+    def filters(self, rate: int, channels: int, *, gap_samples: int = 0, fade_in: int = 0,
+                fade_out: int = 0) -> list[str]:
+        """Gain, resampling and layout, then the exact length, fades within the part (in
+        samples) and a gap of zeros after it."""
+        layout = "mono" if channels == 1 else "stereo"
+        out = []
+        if self.info.lead_in and not self.start_s:
+            out.append(f"atrim=start_sample={self.info.lead_in}")
+        if self.gain_db:
+            out.append(f"volume={self.gain_db:.4f}dB")
+        n = self.samples(rate)
+        out += [f"aresample={rate}", f"aformat=sample_fmts=flt:channel_layouts={layout}",
+                f"atrim=end_sample={n}", f"apad=whole_len={n}"]
+        out += fades(n, fade_in, fade_out)
+        if gap_samples:
+            out.append(f"apad=pad_len={gap_samples}")
+        return out
+
+
+def fades(total: int, fade_in: int, fade_out: int) -> list[str]:
+    """afade filters for a stream of ``total`` samples, by sample count (exact at any rate)."""
+    out = []
+    if fade_in:
+        out.append(f"afade=t=in:ss=0:ns={fade_in}")
+    if fade_out:
+        out.append(f"afade=t=out:ss={max(0, total - fade_out)}:ns={fade_out}")
+    return out
