@@ -45,9 +45,13 @@ def pin_runtime() -> None:
     Chalice has no setting for it: ``Config.lambda_python_version`` is the running interpreter's
     version. The dependency builder reads the same property, so wheels are chosen for that runtime.
     """
+    import warnings
+
     from chalice.config import Config
 
     Config.lambda_python_version = property(lambda self: LAMBDA_RUNTIME)
+    # Chalice then warns that the running Python differs; the line guard() prints says why it may.
+    warnings.filterwarnings("ignore", message="You are currently running python", category=UserWarning)
 
 
 def add_layers(handler: str, arns: list[str]) -> None:
