@@ -48,8 +48,11 @@ def _error_code(exc) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
 
-def ensure_bucket(s3, spec: BucketSpec, region: str) -> str:
-    """Create the bucket if needed, then converge its settings. Returns the bucket name."""
+def ensure_bucket(s3, spec: BucketSpec, region: str, *, policy: bool = True) -> str:
+    """Create the bucket if needed, then converge its settings. Returns the bucket name.
+
+    ``policy``: put the TLS-only bucket policy. moto ignores policy conditions, so there the Deny
+    would refuse every request: only real AWS gets it."""
     from botocore.exceptions import ClientError
 
     try:
@@ -78,9 +81,9 @@ def ensure_bucket(s3, spec: BucketSpec, region: str) -> str:
     s3.put_bucket_lifecycle_configuration(
         Bucket=spec.name, LifecycleConfiguration={"Rules": lifecycle_rules(spec)}
     )
-    policy = bucket_policy(spec)
-    if policy:
-        s3.put_bucket_policy(Bucket=spec.name, Policy=json.dumps(policy))
+    document = bucket_policy(spec) if policy else None
+    if document:
+        s3.put_bucket_policy(Bucket=spec.name, Policy=json.dumps(document))
     return spec.name
 
 
@@ -181,17 +184,21 @@ def ensure_alarms(cloudwatch, alarms: tuple[AlarmSpec, ...]) -> dict:
     return {"alarms": [a.name for a in alarms]}
 
 
-def ensure_resources(settings: Settings, clients: dict | None = None, *, endpoint_url: str | None = None) -> dict:
+def ensure_resources(settings: Settings, clients: dict | None = None, *, endpoint_url: str | None = None,
+                     bucket_policies: bool | None = None) -> dict:
     """Create or converge every resource of ``settings``' stage; safe to run any number of times.
 
     ``clients`` may hold boto3 clients under the names in ``CLIENTS``; missing ones are built for
-    ``endpoint_url`` (a moto server) or the default AWS endpoints. Returns names, urls and arns.
+    ``endpoint_url`` (a moto server) or the default AWS endpoints. ``bucket_policies`` defaults to
+    "talking to real AWS" (no clients given, no endpoint). Returns names, urls and arns.
     """
     res = stage_resources(settings)
+    if bucket_policies is None:
+        bucket_policies = clients is None and endpoint_url is None
     clients = _clients(clients, endpoint_url, settings.aws_region)
     out = {
-        "bucket_input": ensure_bucket(clients["s3"], res.input_bucket, settings.aws_region),
-        "bucket_output": ensure_bucket(clients["s3"], res.output_bucket, settings.aws_region),
+        name: ensure_bucket(clients["s3"], spec, settings.aws_region, policy=bucket_policies)
+        for name, spec in (("bucket_input", res.input_bucket), ("bucket_output", res.output_bucket))
     }
     out.update(ensure_queues(clients["sqs"], res.jobs_queue))
     out.update(ensure_table(clients["dynamodb"], res.table))

@@ -212,7 +212,11 @@ def test_table_has_point_in_time_recovery(aws, settings):
 
 
 def test_buckets_refuse_plain_http(aws, settings):
+    # Only on real AWS by default (moto ignores the condition and would deny everything).
     infra.ensure_resources(settings, aws)
+    with pytest.raises(aws["s3"].exceptions.ClientError):
+        aws["s3"].get_bucket_policy(Bucket="in-t")
+    infra.ensure_resources(settings, aws, bucket_policies=True)
     res = infra.cloudformation_template(settings)["Resources"]
     for logical_id, bucket in (("InputBucket", "in-t"), ("OutputBucket", "out-t")):
         live = json.loads(aws["s3"].get_bucket_policy(Bucket=bucket)["Policy"])
