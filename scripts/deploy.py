@@ -413,18 +413,36 @@ def _tool(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProces
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd)
 
 
-def check_workflows() -> list[str]:
+def check_workflows(workflows: Path = ROOT / ".github" / "workflows") -> list[str]:
     """zizmor (offline audits) and actionlint on .github/workflows; every finding is a problem."""
     problems = []
-    workflows = ROOT / ".github" / "workflows"
-    proc = _tool("zizmor", "--offline", "--format", "plain", "--no-progress", str(workflows))
+    files = sorted(str(p) for p in Path(workflows).glob("*.y*ml"))
+    proc = _tool("zizmor", "--offline", "--format", "plain", "--no-progress", *files)
     if proc.returncode != 0:
         problems.append(f"zizmor: {(proc.stdout + proc.stderr).strip()[-3000:]}")
-    proc = _tool("actionlint", "-no-color", *sorted(str(p) for p in workflows.glob("*.y*ml")))
+    proc = _tool("actionlint", "-no-color", *files)
     if proc.returncode != 0:
         problems += [f"actionlint: {ln}" for ln in proc.stdout.splitlines() if re.match(r"^\S+:\d+:\d+:", ln)] or [
             f"actionlint: {(proc.stdout + proc.stderr).strip()[-2000:]}"]
     return problems
+
+
+CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+
+
+def check_checkov(template: Path) -> list[str]:
+    """checkov on the merged template with .checkov.yaml (skips explained in docs/deploy.md)."""
+    if not CHECKOV.exists():
+        return [f"checkov: {CHECKOV.relative_to(ROOT)} missing; `make check` installs it"]
+    proc = subprocess.run([str(CHECKOV), "-f", str(template), "--config-file", str(ROOT / ".checkov.yaml"),
+                           "-o", "json"], capture_output=True, text=True, cwd=ROOT)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        return [f"checkov crashed ({proc.returncode}): {proc.stderr[-2000:]}"]
+    failed = report.get("results", {}).get("failed_checks", []) if isinstance(report, dict) else []
+    print(f"checkov: {report.get('summary', {})}")
+    return [f"checkov: {c['check_id']} {c['check_name']} ({c['resource']})" for c in failed]
 
 
 def check(stage: str, out: Path) -> int:
@@ -433,7 +451,7 @@ def check(stage: str, out: Path) -> int:
     zip_path = out / "deployment.zip"
     problems = (check_cfn_lint(template) + check_policies() + check_zip(zip_path)
                 + check_lambda_imports(zip_path, stage) + check_direct_upload(zip_path)
-                + check_layer(out / "deno-layer.zip", zip_path) + check_workflows())
+                + check_layer(out / "deno-layer.zip", zip_path) + check_checkov(template) + check_workflows())
     for name, size in sizes(out).items():
         print(f"check: {name}: {size / 2**20:.1f} MiB")
     for p in problems:
