@@ -67,8 +67,9 @@ def test_json_and_emf_only_on_lambda_unless_asked():
 
 
 def test_app_records_cache_hits_bytes_and_job_outcomes(monkeypatch, capsys):
-    import app
     from chalice.test import Client
+
+    import app
 
     class Service:
         def submit(self, body):
