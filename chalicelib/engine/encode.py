@@ -6,6 +6,7 @@ Opus pre-skip), so decoders play exactly the samples it was fed. Formats that
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ..options import SAMPLE_RATES, Options
 from .graph import Layout
 from .probe import AudioInfo
 
+log = logging.getLogger(__name__)
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 
 
@@ -37,15 +39,20 @@ def bitrate(options: Options) -> str | None:
     return None if fmt.lossless else options.bitrate or DEFAULT_BITRATE.get(fmt.name)
 
 
-def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str]:
-    """One ffmpeg reading f32le on stdin and writing ``out_path`` (progress on stdout)."""
+def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
+    """The encoder's output options (``parallel.encoder_args`` matches them) and the output."""
     fmt = options.output_format
     args = ["-c:a", fmt.codec]
-    rate = bitrate(options)
-    if rate:
-        args += ["-b:a", rate]
-    return ffmpeg_command("-progress", "pipe:1", "-y", *layout.pcm_args(), "-i", "pipe:0", *args,
-                          "-map_metadata", "-1", "-f", fmt.muxer, out_path)
+    kbps = bitrate(options)
+    if kbps:
+        args += ["-b:a", kbps]
+    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
+
+
+def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str]:
+    """One ffmpeg reading f32le on stdin and writing ``out_path`` (progress on stdout)."""
+    return ffmpeg_command("-progress", "pipe:1", "-y", *layout.pcm_args(), "-i", "pipe:0",
+                          *_encoder_args(options, layout.rate, layout.channels, out_path))
 
 
 def _parallel():
@@ -97,7 +104,9 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
         if code != 0:
             err.seek(0)
             tail = err.read()[-2000:].decode("utf-8", "replace").strip()
-            raise StitchError(f"ffmpeg failed (exit {code}): {tail}")
+            # The tool's own words go to the log, not to the client.
+            log.warning("encoder failed (exit %s): %s", code, tail)
+            raise StitchError(f"ffmpeg failed (exit {code}) while encoding the output")
 
 
 def decodes(info: AudioInfo) -> bool:
