@@ -392,7 +392,7 @@ def test_encoder_args_are_the_encode_paths(fmt):
         ours += parallel.encoder_args(fmt, 44100, 2, bitrate) + ["-f", FORMATS[fmt].muxer, "OUT"]
         assert [a for a in ours if a != "-y"] == [a for a in cmd if a not in ("-y", "-progress", "pipe:1")]
         # what the encode path hands over (its bitrate, resolved) gives the same options
-        resolved = encode_module.bitrate(options)
+        resolved = encode_module.bitrate(options, Layout(44100, 2))
         assert parallel.encoder_args(fmt, 44100, 2, resolved) == parallel.encoder_args(fmt, 44100, 2, bitrate)
 
 
