@@ -60,6 +60,7 @@ class BucketSpec:
     logical_id: str
     name: str
     expirations: tuple[tuple[str, int], ...]  # (prefix, days)
+    browser_uploads: bool = False  # carries UPLOAD_CORS_RULES
 
 
 def bucket_specs(settings: Settings) -> tuple[BucketSpec, BucketSpec]:
@@ -70,6 +71,7 @@ def bucket_specs(settings: Settings) -> tuple[BucketSpec, BucketSpec]:
             settings.bucket_input,
             ((settings.uploads_prefix, settings.uploads_ttl_days),
              (settings.sources_prefix, settings.sources_ttl_days)),
+            browser_uploads=True,
         ),
         BucketSpec("OutputBucket", settings.bucket_output, ((settings.cache_prefix, settings.cache_ttl_days),)),
     )
@@ -105,6 +107,17 @@ PUBLIC_ACCESS_BLOCK = {
 }
 OWNERSHIP_RULES = [{"ObjectOwnership": "BucketOwnerEnforced"}]
 ENCRYPTION_RULES = [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+# Lets the web page (GET /, on the API's origin, unknown until deploy) send a presigned upload
+# straight to the input bucket. Any origin: the signature in the link is the authorisation, and
+# the bucket stays private; CORS only decides whether a browser may send it and read the answer.
+UPLOAD_CORS_RULES = [{
+    "ID": "browser-presigned-uploads",
+    "AllowedMethods": ["PUT", "POST"],
+    "AllowedOrigins": ["*"],
+    "AllowedHeaders": ["*"],
+    "ExposeHeaders": ["ETag"],
+    "MaxAgeSeconds": 3000,
+}]
 
 
 def queue_attributes(settings: Settings) -> dict[str, str]:
@@ -197,6 +210,8 @@ def ensure_bucket(s3, spec: BucketSpec, region: str) -> str:
     s3.put_bucket_lifecycle_configuration(
         Bucket=spec.name, LifecycleConfiguration={"Rules": lifecycle_rules(spec)}
     )
+    if spec.browser_uploads:
+        s3.put_bucket_cors(Bucket=spec.name, CORSConfiguration={"CORSRules": UPLOAD_CORS_RULES})
     return spec.name
 
 
@@ -302,6 +317,10 @@ def _cfn_lifecycle(spec: BucketSpec) -> list[dict]:
     return rules
 
 
+# The S3 API and CloudFormation spell three CORS rule fields differently.
+_CFN_CORS_NAMES = {"ID": "Id", "ExposeHeaders": "ExposedHeaders", "MaxAgeSeconds": "MaxAge"}
+
+
 def _cfn_queue_props(name: str, attributes: dict[str, str]) -> dict:
     props = {"QueueName": name, "FifoQueue": True}
     for key, value in attributes.items():
@@ -338,6 +357,9 @@ def cloudformation_template(settings: Settings, *, log_retention: bool = False, 
                 "LifecycleConfiguration": {"Rules": _cfn_lifecycle(spec)},
             },
         }
+        if spec.browser_uploads:
+            resources[spec.logical_id]["Properties"]["CorsConfiguration"] = {"CorsRules": [
+                {_CFN_CORS_NAMES.get(k, k): v for k, v in rule.items()} for rule in UPLOAD_CORS_RULES]}
     resources["JobsDeadLetterQueue"] = {
         "Type": "AWS::SQS::Queue",
         "Properties": _cfn_queue_props(settings.dlq_name, dlq_attributes()),
@@ -438,6 +460,7 @@ def iam_policy(settings: Settings) -> dict:
     s3_in = f"arn:aws:s3:::{settings.bucket_input}"
     s3_out = f"arn:aws:s3:::{settings.bucket_output}"
     queue = f"arn:aws:sqs:*:*:{settings.queue_name}"
+    dlq = f"arn:aws:sqs:*:*:{settings.dlq_name}"
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -467,7 +490,7 @@ def iam_policy(settings: Settings) -> dict:
                 "Resource": [f"{s3_in}/*"],
             },
             {
-                # Fetched URL sources are cached here; uploads/ is granted so presigned PUTs work.
+                # Fetched URL sources are cached here; uploads/ is granted so presigned POST uploads work.
                 "Sid": "WriteSourcesAndUploads",
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
@@ -482,8 +505,8 @@ def iam_policy(settings: Settings) -> dict:
             },
             {
                 # Send + GetQueueUrl for the API (enqueue); Receive/Delete/GetQueueAttributes are what
-                # Lambda's event source mapping needs for the worker. The DLQ needs no grant: SQS
-                # itself moves messages there, and the worker marks a job failed on its last receive.
+                # Lambda's event source mapping needs for the worker. SQS itself redrives to the DLQ;
+                # the worker sends there only a message that is not a job at all.
                 "Sid": "JobsQueue",
                 "Effect": "Allow",
                 "Action": [
@@ -493,12 +516,13 @@ def iam_policy(settings: Settings) -> dict:
                     "sqs:DeleteMessage",
                     "sqs:GetQueueAttributes",
                 ],
-                "Resource": [queue],
+                "Resource": [queue, dlq],
             },
             {
                 "Sid": "JobsTable",
                 "Effect": "Allow",
-                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                # Scan: the sweeper's once-a-minute look for running jobs whose heartbeat stopped.
+                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
                 "Resource": [f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}"],
             },
             {
