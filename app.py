@@ -112,9 +112,17 @@ def _handle(action) -> Response:
     return Response(body=body, status_code=status, headers=headers)
 
 
+def _submit() -> tuple[int, dict]:
+    from chalicelib.service import Queued
+
+    outcome = get_service().submit(_json_body())
+    # Cached and Rendered are ready (200); a queued job is accepted, not done (202).
+    return (202 if isinstance(outcome, Queued) else 200), outcome.body()
+
+
 @app.route("/stitch", methods=["POST"], api_key_required=_REQUIRE_API_KEY, content_types=["application/json"])
 def stitch():
-    return _handle(lambda: get_service().submit(_json_body()))
+    return _handle(_submit)
 
 
 @app.route("/jobs/{job_id}", methods=["GET"])

@@ -155,7 +155,9 @@ def run(profile: str, data_root: Path, log=print) -> tuple[list[Target], list[Ta
     n_p, n_m, n_l, n_l4, n_copy = ROUNDS[profile]
     info = {"binary": binary, "origin": origin, "version": _version(binary), "cores": cores,
             "join": engine.has_join, "parallel": sorted(engine.parallel_formats), "cli": " ".join(["python", *engine.cli[1:]] if engine.cli[0] == sys.executable else engine.cli)}
-    log(f"ffmpeg for baselines and engine: {binary} ({origin}, {info['version']}); {cores} usable cores")
+    info["load_before"] = os.getloadavg()[0]
+    log(f"ffmpeg for baselines and engine: {binary} ({origin}, {info['version']}); {cores} usable cores; "
+        f"load average {info['load_before']:.1f}")
     log(f"engine: join option {'yes' if engine.has_join else 'not on this checkout'}; parallel formats: "
         f"{', '.join(info['parallel']) or 'none'}; CLI: {' '.join(engine.cli)}")
     targets: list[Target] = []
@@ -230,6 +232,7 @@ def run(profile: str, data_root: Path, log=print) -> tuple[list[Target], list[Ta
     targets.append(Target("peak RSS of the engine's whole process tree, any length", f"<= {limit} MB "
                           f"({MB_PER_CORE} MB x {cores} cores)", f"{worst.peak_mb:.1f} MB ({worst.name})",
                           worst.peak_mb <= limit))
+    info["load_after"] = os.getloadavg()[0]
     return targets, tasks, info
 
 
@@ -256,15 +259,25 @@ def _cpu() -> str:
     return "unknown CPU"
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the checkout when it is inside it (no machine's home in the doc)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def write_doc(table: str, info: dict, started: datetime, seconds: float) -> None:
     sizes = ", ".join(f"{k} = {n} x {s // 60 and f'{s // 60} min' or f'{s} s'}"
                       for k, (n, s) in data.PROFILES["full"].items())
     text = f"""# Performance
 
 Latest `make bench` (`python -m bench`), run {started:%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} min on
-{info['cores']} usable cores ({_cpu()}), Linux {platform.release()}, Python {platform.python_version()}.
-Baselines and engine both ran {info['version']} ({info['origin']}: `{info['binary']}`).
-Engine features on that checkout: join option {'yes' if info['join'] else 'no'}; parallel formats:
+{info['cores']} usable cores ({_cpu()}), Linux {platform.release()}, Python {platform.python_version()};
+1-minute load average {info['load_before']:.1f} at the start, {info['load_after']:.1f} at the end (a
+load above the core count means other work shared the cores). Baselines and engine both ran
+{info['version']} ({info['origin']}: `{_shown(info['binary'])}`). Engine features on that
+checkout: join option {'yes' if info['join'] else 'no'}; parallel formats:
 {', '.join(info['parallel']) or 'none'}.
 
 ## Method
@@ -301,8 +314,21 @@ stereo, LAME-tagged): {sizes}.
 
 {table}
 
-The machine a run shares decides single numbers; the ratios within one run are what the targets
-use. `BENCH_QUICK=1 make bench` runs fewer rounds on shorter sets and writes nothing here.
+## Reading the results
+
+- Single numbers depend on what else the machine runs; the per-round ratios are what the targets
+  use, and the min-max spread shows how far one round can be trusted.
+- A parallel encode can only be faster than the single-pass baseline when cores are free: on a
+  machine whose cores are busy with other work (load at or above the core count), the chunk
+  encoders compete with each other and with the baseline's single encoder, and the ratio tends to
+  1x or above. Judge the parallel targets on a quiet machine.
+- The copy-join row includes the CLI's start-up (interpreter and imports), a fixed cost that `cat`
+  does not pay, and a good part of the gap on L.
+- The tree peak counts the engine's Python plus every ffmpeg it runs at the same moment (decoders,
+  chunk encoders, loudness measurements), so it grows with the number of cores used.
+
+`BENCH_QUICK=1 make bench` runs fewer rounds on shorter sets (M = 5 x 1 min, L = 3 x 5 min) and
+writes nothing here; `python -m bench --profile tiny` is the smoke test's size.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)

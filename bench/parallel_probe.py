@@ -33,22 +33,25 @@ print(r, file=sys.stderr)
 
 
 def write_pcm(path: Path, minutes: float) -> int:
-    """Music-like stereo PCM: a few enveloped tones, gated bursts and a little noise."""
+    """Music-like stereo PCM: a few enveloped tones, gated bursts and a little noise. 20 s are
+    generated (pure Python is slow) and repeated; the encoders do not know."""
     rng = random.Random(7)
-    n = int(minutes * 60 * RATE)
     tones = [(rng.uniform(80, 4000), rng.uniform(0.5, 3.0)) for _ in range(6)]
+    buf = array("f")
+    for i in range(20 * RATE):
+        t = i / RATE
+        v = sum(0.1 * math.sin(2 * math.pi * fr * t) * (0.6 + 0.4 * math.sin(2 * math.pi * am * t))
+                for fr, am in tones)
+        v += (rng.random() - 0.5) * (0.1 if (i // 4410) % 7 == 0 else 0.01)
+        buf.append(v)
+        buf.append(v * 0.8)
+    block = buf.tobytes()
+    n = int(minutes * 60 * RATE)
     with open(path, "wb") as f:
-        block = RATE  # one second at a time
-        for start in range(0, n, block):
-            buf = array("f")
-            for i in range(start, min(n, start + block)):
-                t = i / RATE
-                v = sum(0.1 * math.sin(2 * math.pi * fr * t) * (0.6 + 0.4 * math.sin(2 * math.pi * am * t))
-                        for fr, am in tones)
-                v += (rng.random() - 0.5) * (0.1 if (i // 4410) % 7 == 0 else 0.01)
-                buf.append(v)
-                buf.append(v * 0.8)
-            buf.tofile(f)
+        left = n * 8
+        while left > 0:
+            f.write(block[:left])
+            left -= len(block)
     return n
 
 
@@ -77,11 +80,12 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def timed(cmd: list[str], stdin_path: Path) -> tuple[float, int]:
-    """Wall time and peak process-tree RSS of one run."""
-    with open(stdin_path, "rb") as stdin:
+def timed(cmd: list[str], stdin_path: Path) -> tuple[float, float, int]:
+    """Wall time, CPU time (user + system, the process and every child it waited for) and peak
+    process-tree RSS of one run."""
+    with open(stdin_path, "rb") as stdin, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err)
         peak = [0]
         stop = threading.Event()
 
@@ -91,13 +95,15 @@ def timed(cmd: list[str], stdin_path: Path) -> tuple[float, int]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, err = proc.communicate()
+        _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
         stop.set()
         sampler.join()
-    if proc.returncode:
-        sys.exit(f"{cmd[0]} failed: {err.decode(errors='replace')[-500:]}")
-    return elapsed, peak[0]
+        if proc.returncode:
+            err.seek(0)
+            sys.exit(f"{cmd[0]} failed: {err.read().decode(errors='replace')[-500:]}")
+    return elapsed, usage.ru_utime + usage.ru_stime, peak[0]
 
 
 def main() -> None:
@@ -112,17 +118,22 @@ def main() -> None:
         ours = [sys.executable, "-c", PARALLEL, str(d / "a.mp3"), str(samples)]
         single = [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(RATE),
                   "-ch_layout", "stereo", "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", "128k", str(d / "b.mp3")]
-        ratios, rss_a, rss_b = [], [], []
+        ratios, cpu_ratios, rss_a, rss_b = [], [], [], []
+        cores = len(os.sched_getaffinity(0))
         for i in range(args.pairs):
-            ta, ra = timed(ours, pcm)
-            tb, rb = timed(single, pcm)
+            ta, ca, ra = timed(ours, pcm)
+            tb, cb, rb = timed(single, pcm)
             ratios.append(ta / tb)
+            cpu_ratios.append(ca / cb)
             rss_a.append(ra)
             rss_b.append(rb)
-            print(f"pair {i + 1}: encode_pcm {ta:.2f} s, ffmpeg {tb:.2f} s, ratio {ta / tb:.2f}", flush=True)
-        cores = len(os.sched_getaffinity(0))
+            print(f"pair {i + 1}: encode_pcm {ta:.2f} s ({ca:.2f} CPU s), ffmpeg {tb:.2f} s ({cb:.2f} CPU s), "
+                  f"ratio {ta / tb:.2f}, load {os.getloadavg()[0]:.2f}", flush=True)
         print(f"{args.minutes:g} min stereo 44.1 kHz to MP3 128k, {cores} usable cores, load {os.getloadavg()[0]:.2f}")
         print(f"ratio median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+        # On idle cores the wall time cannot beat CPU / cores: this bound does not depend on load.
+        cpu = statistics.median(cpu_ratios)
+        print(f"CPU-time ratio median {cpu:.2f}: on {cores} idle cores the wall ratio would be >= {cpu / cores:.2f}")
         print(f"peak RSS of the process tree: encode_pcm {max(rss_a) / 2**20:.0f} MB "
               f"({max(rss_a) / 2**20 / cores:.0f} MB per core), ffmpeg {max(rss_b) / 2**20:.0f} MB")
 

@@ -10,6 +10,9 @@ from .config import Settings, get_settings
 from .jobs import JobQueue, JobStore
 from .notify import Notifier
 from .service import StitchService
+from .sources.bucket import BucketSource
+from .sources.cache import SourceCache
+from .sources.url import UrlSource
 from .store import Store
 
 _CLIENT_LOCK = threading.Lock()  # boto3 sessions are not safe for concurrent client creation
@@ -66,4 +69,5 @@ def build_service(settings: Settings | None = None, *, role: str = "worker", **o
     jobs = JobStore(client("dynamodb"), settings.jobs_table, ttl_days=settings.job_ttl_days)
     queue = JobQueue(client("sqs"), settings.queue_name)
     notifier = Notifier(client("ses"), settings)
-    return StitchService(settings, store, jobs, queue, notifier, **overrides)
+    sources = {"key": BucketSource(store, settings), "url": UrlSource(settings, SourceCache(store, settings))}
+    return StitchService(settings, store, jobs, queue, notifier, **{"sources": sources, **overrides})

@@ -65,16 +65,15 @@ class StoredResult:
     size_bytes: int
     mode: str
     parts: tuple[Span, ...]
-    join: str = ""  # "" when the engine that made it did not report one
+    join: str = ""  # "" in job records written before the engine reported it
     added_silence_ms: float = 0.0
 
     @classmethod
     def from_engine(cls, cache_key: str, output_key: str, result, size_bytes: int) -> StoredResult:
-        """From the engine's ``Result`` (read through its dict form, its one stable contract)."""
-        data = result.to_dict()
-        return cls(cache_key, output_key, _ms(data["duration_s"]), str(data["format"]), int(size_bytes),
-                   str(data.get("mode") or ""), tuple(Span.from_dict(p) for p in data["parts"]),
-                   str(data.get("join") or ""), float(data.get("added_silence_ms") or 0.0))
+        """From the engine's ``Result`` (``engine.types``; not imported: the REST path stays light)."""
+        return cls(cache_key, output_key, _ms(result.duration_s), result.format, int(size_bytes), result.mode,
+                   tuple(Span.from_dict(p.to_dict()) for p in result.parts), result.join,
+                   float(result.added_silence_ms))
 
     # -- the cache object's metadata ---------------------------------------------------------------
     def metadata(self, engine_version: str) -> dict:

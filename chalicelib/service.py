@@ -10,37 +10,63 @@ import logging
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .errors import BadRequest, NotFound, PartNotFound, TransientError, part_label
+from .errors import BadRequest, NotFound, TransientError
 from .faults import public_error
 from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
 from .lease import Heartbeat
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
 from .results import StoredResult
-from .spec import JOB_ID, PartIdentity, StitchSpec, cache_key, output_key, parse_request
-from .store import ObjectChanged, ObjectMissing, Store
+from .sources.base import Source
+from .spec import JOB_ID, PartIdentity, PartSpec, StitchSpec, cache_key, output_key, parse_request
+from .store import Store
 from .workdirs import remove_abandoned, work_dir
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_WORKERS = 8
 PROGRESS_INTERVAL_S = 2.0
 PROGRESS_STEP = 0.05
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
-def _copy_likely(spec: StitchSpec) -> bool:
-    """Whether the engine can probably join without re-encoding (cheap enough for a large inline job).
+@dataclass(frozen=True)
+class Cached:
+    """Answered from the cache: the stored result, with a freshly presigned link."""
 
-    A guess from names and options only; the engine decides for real after probing.
-    """
-    o = spec.options
-    return o.format == "mp3" and not o.needs_decode and all(
-        p.key is not None and p.key.lower().endswith(".mp3") and p.options.is_identity for p in spec.parts)
+    result: StoredResult
+    url: str
+    expires_at: str
+
+    def body(self) -> dict:
+        return self.result.public(url=self.url, expires_at=self.expires_at, cached=True)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Made during the request (small enough), and stored as the cache object."""
+
+    result: StoredResult
+    url: str
+    expires_at: str
+
+    def body(self) -> dict:
+        return self.result.public(url=self.url, expires_at=self.expires_at, cached=False)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Handed to the worker: a job, new or joined (``status`` is the job's, maybe already finished)."""
+
+    job_id: str
+    status: str = "queued"
+
+    def body(self) -> dict:
+        return {"job_id": self.job_id, "status": self.status, "status_url": f"/jobs/{self.job_id}"}
 
 
 class ProgressReporter:
@@ -75,14 +101,14 @@ class StitchService:
     """Use cases over injected adapters; ``stitch``/``sources`` default to the real modules."""
 
     def __init__(self, settings: Settings, store: Store, jobs: JobStore, queue: JobQueue, notifier: Notifier,
-                 *, stitch=None, sources=None, clock=time.time):
+                 *, sources: Mapping[str, Source], stitch=None, clock=time.time):
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.queue = queue
         self.notifier = notifier
         self._stitch = stitch
-        self._sources = sources
+        self.sources = sources  # by the request field that names such a part: "key", "url"
         self.clock = clock
 
     # -- lazily bound collaborators -----------------------------------------------------------
@@ -94,47 +120,51 @@ class StitchService:
             self._stitch = stitch
         return self._stitch
 
-    @property
-    def sources(self):
-        if self._sources is None:
-            from . import sources
+    def _by_source(self, parts) -> list[tuple[Source, list[PartSpec]]]:
+        """The parts grouped by the source that reads them, in the sources' order."""
+        return [(src, group) for kind, src in self.sources.items()
+                if (group := [p for p in parts if p.kind == kind])]
 
-            self._sources = sources
-        return self._sources
+    def _identify(self, spec: StitchSpec) -> list[PartIdentity]:
+        identities: list[PartIdentity | None] = [None] * len(spec.parts)
+        for src, parts in self._by_source(spec.parts):
+            for p, ident in zip(parts, src.identify(parts), strict=True):
+                identities[p.index] = ident
+        return identities
 
     # -- POST /stitch ---------------------------------------------------------------------------
-    def submit(self, body: dict) -> tuple[int, dict]:
-        """Validate, then answer from the cache (200), render inline (200) or queue a job (202)."""
+    def submit(self, body: dict) -> Cached | Rendered | Queued:
+        """Validate, then answer from the cache, render inline or queue a job."""
         s = self.settings
         spec = parse_request(body, s)
-        key_parts = [p for p in spec.parts if p.key is not None]
-        unique = list(dict.fromkeys(p.key for p in key_parts))  # a jingle used 10 times is one HEAD
-        heads = dict(zip(unique, self.store.head_many(s.bucket_input, unique), strict=True))
-        by_index = {}
-        for part in key_parts:
-            info = heads[part.key]
-            if info is None:
-                raise PartNotFound(
-                    f"{part_label(part.index, part.key)}: no such key in bucket {s.bucket_input}", part=part.index
-                )
-            by_index[part.index] = info
-        identities = [
-            PartIdentity.of_object(p, s.bucket_input, by_index[p.index].etag, by_index[p.index].version_id)
-            if p.key is not None else PartIdentity.of_url(p)
-            for p in spec.parts
-        ]
+        identities = self._identify(spec)
         key = cache_key(identities, spec.options)
-        if not spec.has_urls:
+        if all(i.settled for i in identities):
             hit = self.cached_result(key, spec.options)
             if hit is not None:
-                return 200, self.public_result(hit, cached=True)
-            total = sum(info.size for info in by_index.values())  # repeats count: they cost render time
-            limit = s.inline_max_bytes if _copy_likely(spec) else min(s.inline_max_bytes, s.inline_encode_max_bytes)
-            if not spec.force_async and total <= limit:
-                return 200, self.public_result(self._render_inline(key, spec, identities), cached=False)
-        return 202, self._enqueue(key, spec, identities)
+                return Cached(hit, *self._link(hit))
+            if not spec.force_async and self._fits_inline(spec, identities):
+                rendered = self._render_inline(key, spec, identities)
+                return Rendered(rendered, *self._link(rendered))
+        return self._enqueue(key, spec, identities)
 
-    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> dict:
+    def _fits_inline(self, spec: StitchSpec, identities: list[PartIdentity]) -> bool:
+        """Small enough to render within the request: a frame copy has a larger budget than a re-encode."""
+        s = self.settings
+        if any(i.size_bytes is None for i in identities):
+            return False
+        total_bytes = sum(i.size_bytes for i in identities)  # repeats count: they cost render time
+        if total_bytes <= min(s.inline_max_bytes, s.inline_encode_max_bytes):
+            return True
+        if total_bytes > s.inline_max_bytes:
+            return False
+        # Only here is the guess needed, and the engine package worth importing (it renders next).
+        from .engine.estimate import copy_likely
+
+        return copy_likely(spec.options, [(p.name, p.options) for p in spec.parts],
+                           sizes=[i.size_bytes for i in identities])
+
+    def _enqueue(self, job_id: str, spec: StitchSpec, identities: list[PartIdentity]) -> Queued:
         """Create or join the job for this cache key, adding this request's notify targets."""
         request = {k: v for k, v in spec.to_dict().items() if k not in ("notify_email", "webhook_url", "async")}
         # URL parts get their identity from the worker (source id); storing the URL twice could push
@@ -155,7 +185,7 @@ class StitchService:
             run = job.run
             if job.finished:
                 if self._reusable(job):
-                    return {"job_id": job_id, "status": job.status, "status_url": f"/jobs/{job_id}"}
+                    return Queued(job_id, job.status)
                 # Failed, or its result is gone, or someone new wants to hear: run it again. The
                 # requeue forgets the old run's targets (they were told); ours are added back below.
                 again = self.jobs.requeue(job)
@@ -165,7 +195,7 @@ class StitchService:
         # Sent on every submit while queued: FIFO deduplication drops the repeats, and a job whose
         # first send was lost (crash between put and send) gets its message after all.
         self.queue.send(job_id, run)
-        return {"job_id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}"}
+        return Queued(job_id)
 
     def _reusable(self, job: Job) -> bool:
         """A finished job that needs no new run: it succeeded, its result is still stored, and
@@ -200,12 +230,10 @@ class StitchService:
             log.warning("cache object %s has no usable metadata; re-rendering", obj)
             return None
 
-    def public_result(self, result: StoredResult, *, cached: bool) -> dict:
-        """The 200 body: the result plus a freshly presigned link."""
-        url, expires_at = self.store.presign_get(
-            self.settings.bucket_output, result.output_key, self.settings.presign_ttl_seconds
-        )
-        return result.public(url=url, expires_at=expires_at, cached=cached)
+    def _link(self, result: StoredResult) -> tuple[str, str]:
+        """A freshly presigned GET of the result, and when it expires."""
+        return self.store.presign_get(self.settings.bucket_output, result.output_key,
+                                      self.settings.presign_ttl_seconds)
 
     # -- rendering (inline and worker) --------------------------------------------------------------
     def _workdir(self, label: str):
@@ -215,41 +243,15 @@ class StitchService:
 
     def _render_inline(self, key: str, spec: StitchSpec, identities: list[PartIdentity]) -> StoredResult:
         with self._workdir(key) as workdir:
-            paths = self._download_keys(spec, identities, workdir, changed_is_transient=True)
+            paths = self._fetch(spec, identities, workdir, inline=True)
             return self._render(key, spec, paths, workdir, progress=None)
 
-    def _download_keys(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *,
-                       changed_is_transient: bool) -> dict[int, Path]:
-        """Download every bucket part concurrently, pinned to the ETag/VersionId in the cache key."""
-        s = self.settings
-
-        def one(part):
-            ident = identities[part.index]
-            target = workdir / f"part-{part.index:03d}{Path(part.key).suffix[:10]}"
-            try:
-                return part.index, self.store.download(
-                    ident.bucket or s.bucket_input, part.key, target, etag=ident.etag, version_id=ident.version_id,
-                )
-            except ObjectMissing:
-                raise PartNotFound(f"{part_label(part.index, part.key)}: no such key in bucket "
-                                   f"{s.bucket_input}", part=part.index) from None
-            except ObjectChanged:
-                message = f"{part_label(part.index, part.key)}: the object was replaced while the request ran"
-                if changed_is_transient:
-                    raise TransientError(message + "; retry", part=part.index) from None
-                raise PartNotFound(message + "; submit the request again", part=part.index) from None
-
-        # Parts reading the same object version share one download (the engine only reads them).
-        firsts: dict[tuple, object] = {}
-        for p in spec.parts:
-            if p.key is not None:
-                firsts.setdefault(identities[p.index].object_ref, p)
-        if not firsts:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(firsts))) as pool:
-            got = dict(pool.map(one, firsts.values()))
-        return {p.index: got[firsts[identities[p.index].object_ref].index]
-                for p in spec.parts if p.key is not None}
+    def _fetch(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *, inline: bool,
+               progress=None) -> dict[int, Path]:
+        paths: dict[int, Path] = {}
+        for src, parts in self._by_source(spec.parts):
+            paths.update(src.fetch(parts, identities, workdir, inline=inline, progress=progress))
+        return paths
 
     def _render(self, key: str, spec: StitchSpec, paths: dict[int, Path], workdir: Path,
                 progress) -> StoredResult:
@@ -341,27 +343,21 @@ class StitchService:
         self.notify(done)
 
     def _execute(self, job: Job, beat: Heartbeat | None = None) -> dict:
-        """Identify URL parts, check the content cache, fetch what is missing, render, store."""
+        """Settle what the request could not identify, check the content cache, fetch, render, store."""
         s = self.settings
         spec = StitchSpec.from_dict(job.spec["request"], s)
         identities = [PartIdentity.from_dict(i) if i is not None else None for i in job.spec["identities"]]
         with self._workdir(job.job_id) as workdir:
-            url_parts = [p for p in spec.parts if p.url is not None]
-            for p in url_parts:
-                info = self.sources.identify_url(p.url, index=p.index, settings=s)
-                identities[p.index] = PartIdentity.of_source(p, info.source_id)
+            for src, parts in self._by_source([p for p in spec.parts if identities[p.index] is None]):
+                for p, ident in zip(parts, src.settle(parts), strict=True):
+                    identities[p.index] = ident
             key = cache_key(identities, spec.options)
             hit = self.cached_result(key, spec.options)
             if hit is not None:
                 return hit.to_record(cached=True)
             # Fetching is the first tenth of the progress bar, the engine the rest.
             fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1, beat=beat)
-            paths = self._download_keys(spec, identities, workdir, changed_is_transient=False)
-            for n, p in enumerate(url_parts, 1):
-                fetched = self.sources.fetch_url(p.url, index=p.index, workdir=workdir, settings=s,
-                                                 s3_client=self.store.s3)
-                paths[p.index] = Path(fetched.path)
-                fetching(n / len(url_parts))
+            paths = self._fetch(spec, identities, workdir, inline=False, progress=fetching)
             progress = ProgressReporter(self.jobs, job, beat=beat)
             progress(0.0)
             return self._render(key, spec, paths, workdir, progress).to_record(cached=False)
@@ -385,7 +381,9 @@ class StitchService:
         """The job as the API shows it; a stored result comes with a fresh link, an expired one with none."""
         body = job.public()
         if job.result is not None:
-            result = self.public_result(StoredResult.from_record(job.result), cached=bool(job.result.get("cached")))
+            stored = StoredResult.from_record(job.result)
+            url, expires_at = self._link(stored)
+            result = stored.public(url=url, expires_at=expires_at, cached=bool(job.result.get("cached")))
             # Job records outlive cached results (JOB_TTL_DAYS > CACHE_TTL_DAYS): never hand out
             # a link to an object the lifecycle rule has already deleted.
             if self.store.head(self.settings.bucket_output, job.result["output_key"]) is None:

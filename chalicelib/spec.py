@@ -40,6 +40,11 @@ class PartSpec:
     options: PartOptions = PartOptions()
 
     @property
+    def kind(self) -> str:
+        """Which field names the part ("key" or "url"): the service hands it to that kind's Source."""
+        return "key" if self.key is not None else "url"
+
+    @property
     def name(self) -> str:
         """What error messages call this part."""
         return self.key if self.key is not None else self.url or ""

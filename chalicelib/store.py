@@ -134,21 +134,46 @@ class Store:
         with ThreadPoolExecutor(max_workers=min(HEAD_WORKERS, len(keys))) as pool:
             return list(pool.map(lambda k: self.head(bucket, k), keys))
 
+    def list_prefix(self, bucket: str, prefix: str, *, max_keys: int = 1000) -> list[ObjectInfo]:
+        """The first ``max_keys`` objects under ``prefix`` (key order), without their metadata."""
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=max_keys)
+        except ClientError as exc:
+            raise_if_transient(exc)
+            raise
+        return [ObjectInfo(bucket=bucket, key=o["Key"], size=int(o.get("Size", 0)), etag=o.get("ETag", "").strip('"'))
+                for o in r.get("Contents", [])]
+
     def download(self, bucket: str, key: str, path: Path, *, etag: str | None = None,
                  version_id: str | None = None) -> Path:
         """Download to ``path`` (temp name, then rename); pinned to ``etag``/``version_id`` when given."""
-        from botocore.exceptions import ClientError
-
-        path = Path(path)
         args = {"Bucket": bucket, "Key": key}
         if version_id and version_id != "null":
             args["VersionId"] = version_id
         elif etag:
             # The managed downloader cannot pin an ETag; one streamed GET with If-Match can.
             args["IfMatch"] = f'"{etag}"'
+        self._get(args, Path(path))
+        return Path(path)
+
+    def get_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        """Download to ``path`` like ``download``; returns what was read, its metadata included."""
+        r = self._get({"Bucket": bucket, "Key": key}, Path(path))
+        return ObjectInfo(bucket=bucket, key=key, size=int(r.get("ContentLength", 0)),
+                          etag=r.get("ETag", "").strip('"'), version_id=r.get("VersionId"),
+                          metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()})
+
+    def _get(self, args: dict, path: Path) -> dict:
+        """One streamed GET into ``path``; the response without its body."""
+        from botocore.exceptions import ClientError
+
+        key = args["Key"]
         tmp = path.with_name(path.name + ".part")
         try:
-            body = self.s3.get_object(**args)["Body"]
+            r = self.s3.get_object(**args)
+            body = r.pop("Body")
             # Closed on every way out: a failed write (a full /tmp) must not keep the connection.
             with body, open(tmp, "wb") as out:
                 for chunk in body.iter_chunks(CHUNK_BYTES):
@@ -166,7 +191,18 @@ class Store:
             raise_if_transient(exc)
             raise
         os.replace(tmp, path)
-        return path
+        return r
+
+    def put_file(self, path: Path, bucket: str, key: str, *, metadata: dict | None = None) -> None:
+        """Write a small file in one PUT (no multipart): visible whole or not at all."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with open(path, "rb") as body:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata or {})
+        except ClientError as exc:
+            raise_if_transient(exc)
+            raise
 
     def upload(self, path: Path, bucket: str, key: str, *, content_type: str, filename: str,
                metadata: dict | None = None) -> None:

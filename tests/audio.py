@@ -128,8 +128,8 @@ def sf_frames(path) -> int:
 
     Counted from what the reads return, not from ``SoundFile.frames``: for an MP3 without a
     Xing/LAME tag that field is mpg123's estimate from the file size (90,060 for 89,856 decoded).
-    libsndfile never reads past that field, so an estimate below the truth would truncate: the
-    tests of untagged files show that it errs above."""
+    soundfile caps every read at that field (``SoundFile._check_frames``), so an estimate below the
+    truth would truncate: the tests of untagged files show that it errs above."""
     import soundfile as sf
 
     total = 0

@@ -1,6 +1,7 @@
 """Stitching engine: ``stitch(parts, output_path, options) -> Result``.
 
-Plans a frame-level MP3 join when the parts allow it, otherwise one streaming ffmpeg pass.
+Plans the join from the ``join`` option and the parts' own headers: a frame-level MP3 copy, or an
+exact join (a decode graph streaming PCM into an encoder, see graph.py and encode.py).
 """
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def _segments(infos: list[AudioInfo], parts: list[PartInput]) -> list:
     return segments
 
 
-def _check_options(segments: list, options: Options) -> float:
-    """Reject options that conflict with the parts' durations; return the output duration."""
+def _check_options(segments: list, options: Options) -> None:
+    """Reject options that conflict with the parts' durations."""
     xf = options.crossfade_ms / 1000
     if xf and len(segments) > 1:
         for s in segments:
@@ -110,7 +111,6 @@ def _check_options(segments: list, options: Options) -> float:
         ms = getattr(options, name)
         if ms / 1000 > total + _TRIM_SLACK_S:
             raise BadRequest(f"{name} ({ms}) is longer than the output ({total:.1f} s)", field=name)
-    return total
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ Opus pre-skip), so decoders play exactly the samples it was fed. Formats that
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ..options import SAMPLE_RATES, Options
 from .graph import Layout
 from .probe import AudioInfo
 
+log = logging.getLogger(__name__)
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 
 
@@ -32,22 +34,26 @@ def output_channels(options: Options, infos: list[AudioInfo]) -> int:
     return options.channels or min(2, max(i.channels for i in infos))
 
 
-def bitrate(options: Options, layout: Layout) -> str | None:
+def bitrate(options: Options, rate: int, channels: int) -> str | None:
     """The requested bitrate (BadRequest if the encoder refuses it for this output), or the default."""
     fmt = options.output_format
-    return None if fmt.lossless else options.encoder_bitrate(layout.rate, layout.channels,
-                                                             DEFAULT_BITRATE.get(fmt.name))
+    return None if fmt.lossless else options.encoder_bitrate(rate, channels, DEFAULT_BITRATE.get(fmt.name))
+
+
+def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
+    """The encoder's output options (``parallel.encoder_args`` matches them) and the output."""
+    fmt = options.output_format
+    args = ["-c:a", fmt.codec]
+    kbps = bitrate(options, rate, channels)
+    if kbps:
+        args += ["-b:a", kbps]
+    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
 
 
 def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str]:
     """One ffmpeg reading f32le on stdin and writing ``out_path`` (progress on stdout)."""
-    fmt = options.output_format
-    args = ["-c:a", fmt.codec]
-    rate = bitrate(options, layout)
-    if rate:
-        args += ["-b:a", rate]
-    return ffmpeg_command("-progress", "pipe:1", "-y", *layout.pcm_args(), "-i", "pipe:0", *args,
-                          "-map_metadata", "-1", "-f", fmt.muxer, out_path)
+    return ffmpeg_command("-progress", "pipe:1", "-y", *layout.pcm_args(), "-i", "pipe:0",
+                          *_encoder_args(options, layout.rate, layout.channels, out_path))
 
 
 def _parallel():
@@ -65,7 +71,8 @@ def encode(pcm: BinaryIO, out_path: str, options: Options, layout: Layout, total
     par = _parallel()
     if par is not None and options.format in par.parallel_formats():
         par.encode_pcm(pcm, out_path, fmt=options.format, rate=layout.rate, channels=layout.channels,
-                       bitrate=bitrate(options, layout), progress=progress, total_samples=total_samples)
+                       bitrate=bitrate(options, layout.rate, layout.channels), progress=progress,
+                       total_samples=total_samples)
         return
     run_ffmpeg(encoder_command(options, layout, out_path), total_samples / layout.rate, progress, stdin=pcm)
 
@@ -99,7 +106,9 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
         if code != 0:
             err.seek(0)
             tail = err.read()[-2000:].decode("utf-8", "replace").strip()
-            raise StitchError(f"ffmpeg failed (exit {code}): {tail}")
+            # The tool's own words go to the log, not to the client.
+            log.warning("encoder failed (exit %s): %s", code, tail)
+            raise StitchError(f"ffmpeg failed (exit {code}) while encoding the output")
 
 
 def decodes(info: AudioInfo) -> bool:

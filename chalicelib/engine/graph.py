@@ -8,6 +8,7 @@ streaming into the pipe in order.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import tempfile
@@ -21,6 +22,8 @@ from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import Options
 from .loudness import apply_level, measuring, needs_level
 from .segment import Segment, fades
+
+log = logging.getLogger(__name__)
 
 
 class DecodeFailed(StitchError):
@@ -61,29 +64,35 @@ def graph_command(segments: list[Segment], layout: Layout) -> list[str]:
     for s in segments:
         cmd += s.input_args()
     last = len(segments) - 1
-    chains = []
+    chains, labels = [], []
     for i, s in enumerate(segments):
         filters = s.filters(layout.rate, layout.channels, gap_samples=layout.gap if i < last else 0)
         if layout.crossfade:
             # ffmpeg 7.0's acrossfade drops most of its second input when that input arrives in
             # frames larger than usual (flac's 4608 samples); even frames avoid it.
             filters.append("asetnsamples=n=1024:p=0")
-        chains.append(f"[{i}:a:0]{','.join(filters)}[p{i}]")
+        if filters:
+            chains.append(f"[{i}:a:0]{','.join(filters)}[p{i}]")
+            labels.append(f"p{i}")
+        else:
+            labels.append(f"{i}:a:0")
     if layout.crossfade:
-        prev = "p0"
+        prev = labels[0]
         for i in range(1, len(segments)):
-            chains.append(f"[{prev}][p{i}]acrossfade=ns={layout.crossfade}:c1=tri:c2=tri[x{i}]")
+            chains.append(f"[{prev}][{labels[i]}]acrossfade=ns={layout.crossfade}:c1=tri:c2=tri[x{i}]")
             prev = f"x{i}"
         joined = prev
     elif last:
-        chains.append("".join(f"[p{i}]" for i in range(len(segments))) + f"concat=n={len(segments)}:v=0:a=1[j]")
+        chains.append("".join(f"[{label}]" for label in labels) + f"concat=n={len(segments)}:v=0:a=1[j]")
         joined = "j"
     else:
-        joined = "p0"
+        joined = labels[0]
     post = fades(layout.total(segments), layout.fade_in, layout.fade_out)
     if post:
         chains.append(f"[{joined}]{','.join(post)}[out]")
         joined = "out"
+    if not chains:  # one part, nothing to do but decode it
+        return cmd + ["-map", f"{joined}", *layout.pcm_args(), "pipe:1"]
     return cmd + ["-filter_complex", ";".join(chains), "-map", f"[{joined}]", *layout.pcm_args(), "pipe:1"]
 
 
@@ -115,7 +124,9 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
             dec.stdout.close()
             code = dec.wait()
         if code != 0:
-            raise DecodeFailed(f"ffmpeg failed (exit {code}): {_tail(err)}")
+            # The tool's own words go to the log, not to the client.
+            log.warning("decoder failed (exit %s): %s", code, _tail(err))
+            raise DecodeFailed(f"ffmpeg failed (exit {code}) while decoding the parts")
 
 
 def streams_parts(options: Options, segments: list[Segment], layout: Layout) -> bool:

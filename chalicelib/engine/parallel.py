@@ -36,7 +36,8 @@ from ..options import FORMATS, SAMPLE_RATES
 from .mp3 import build_tag_frame, parse_vbr_tag
 from .mp3.reservoir import Frame, FrameReader, Relayer, ReservoirError
 
-# The encode path's defaults (encode.DEFAULT_BITRATE); a unit test keeps the two equal.
+# The encode path's defaults (encode.DEFAULT_BITRATE; it passes its bitrate resolved); a unit test
+# keeps the two equal.
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}
 # Frames of the preceding audio each chunk's encoder sees before its first kept frame, and of
 # the following audio after its last. Measured over 9 rate/channel/bitrate/signal cases with a
@@ -78,14 +79,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def encoder_args(fmt: str, rate: int, channels: int, bitrate: str | None) -> list[str]:
-    """The encoder options of the encode path (encode._encoder_args) for ``fmt``, without the output."""
+def encoder_args(fmt: str, bitrate: str | None) -> list[str]:
+    """The output options of the encode path (encode.encoder_command) for ``fmt``, without ``-f``."""
     spec = FORMATS[fmt]
     args = ["-c:a", spec.codec]
-    bitrate = bitrate or DEFAULT_BITRATE.get(fmt)
-    if bitrate and not spec.lossless:
+    bitrate = None if spec.lossless else bitrate or DEFAULT_BITRATE.get(fmt)
+    if bitrate:
         args += ["-b:a", bitrate]
-    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1"]
+    return args + ["-map_metadata", "-1"]
 
 
 def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: int, channels: int,
@@ -143,9 +144,8 @@ class _Job:
         return 4 * self.channels
 
     def input_args(self, source: str) -> list[str]:
-        layout = "mono" if self.channels == 1 else "stereo"
         return [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
-                "-f", "f32le", "-ar", str(self.rate), "-ch_layout", layout, "-i", source]
+                "-f", "f32le", "-ar", str(self.rate), "-ac", str(self.channels), "-i", source]
 
     def report(self, consumed: int) -> None:
         if self.progress is not None and self.total:
@@ -205,16 +205,21 @@ class _Children:
                     proc.wait(timeout=10)
 
 
-def _read_samples(pcm: BinaryIO, job: _Job) -> tuple[bytes, bytes]:
-    """One block of whole samples, and the bytes of a sample cut in half (kept for the next)."""
-    block = pcm.read(_READ_BYTES)
-    cut = len(block) % job.sample_bytes if block else 0
-    return (block[:len(block) - cut], block[len(block) - cut:]) if cut else (block, b"")
+def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes] | None:
+    """The next whole samples (maybe none: a pipe may return a few bytes) and the bytes of a sample
+    cut in half, kept for the next call; None at EOF."""
+    data = pcm.read(_READ_BYTES)
+    if not data:
+        return None
+    if carry:
+        data = carry + data
+    cut = len(data) % job.sample_bytes
+    return (data[:len(data) - cut], data[len(data) - cut:]) if cut else (data, b"")
 
 
 def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     """One ffmpeg reading the PCM from its stdin: the encode path's command, fed by us."""
-    cmd = job.input_args("pipe:0") + encoder_args(job.fmt, job.rate, job.channels, job.bitrate)
+    cmd = job.input_args("pipe:0") + encoder_args(job.fmt, job.bitrate)
     cmd += ["-f", FORMATS[job.fmt].muxer, str(tmp)]
     children = _Children()
     consumed = 0
@@ -222,13 +227,8 @@ def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
         proc = children.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
             carry = b""
-            while True:
-                block, rest = _read_samples(pcm, job)
-                if carry:
-                    block, rest = _whole(carry + block + rest, job)
-                carry = rest
-                if not block:
-                    break
+            while (got := _read_samples(pcm, job, carry)) is not None:
+                block, carry = got
                 try:
                     proc.stdin.write(block)
                 except BrokenPipeError:
@@ -247,11 +247,6 @@ def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     if job.fmt == "mp3":
         delay, padding = _mp3_tag_delay_padding(tmp)
     return Encoded(consumed, delay, padding, chunks=1, workers=1)
-
-
-def _whole(data: bytes, job: _Job) -> tuple[bytes, bytes]:
-    cut = len(data) % job.sample_bytes
-    return (data[:len(data) - cut], data[len(data) - cut:]) if cut else (data, b"")
 
 
 def _mp3_tag_delay_padding(path: Path) -> tuple[int, int]:
@@ -315,13 +310,8 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
             chunks.put(c)
 
         carry = b""
-        while True:
-            block, rest = _read_samples(pcm, job)
-            if carry:
-                block, rest = _whole(carry + block + rest, job)
-            carry = rest
-            if not block:
-                break
+        while (got := _read_samples(pcm, job, carry)) is not None:
+            block, carry = got
             view = memoryview(block)
             while view:
                 if consumed == next_open:
@@ -379,7 +369,7 @@ class _Empty:
 
 def _encode_chunk(c: _Chunk, job: _Job, children: _Children) -> None:
     """Encode one chunk's PCM file to MP3 with the job's encoder options; delete the PCM."""
-    cmd = job.input_args(str(c.pcm_path)) + encoder_args("mp3", job.rate, job.channels, job.bitrate)
+    cmd = job.input_args(str(c.pcm_path)) + encoder_args("mp3", job.bitrate)
     # No ID3 tag; the Info frame stays: it tells the encoder delay.
     cmd += ["-id3v2_version", "0", "-write_id3v1", "0", "-f", "mp3", str(c.mp3_path)]
     proc = children.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,6 +9,11 @@ from .probe import AudioInfo
 
 # Input-side reads may stop this much after a trimmed end: the exact cut is atrim's.
 _READ_SLACK_S = 0.1
+# Decoders whose whole-file output already is the gapless length the probe reports (LAME tag,
+# pre-skip and granule, exact containers), in planar float: such parts, used whole at the output
+# rate and layout, need no filters, so a plain join costs what ffmpeg's own concat does. AAC is
+# not here: ffmpeg plays the last frame whole, past the edit list's end.
+_EXACT_DECODERS = frozenset({"mp3", "vorbis", "opus", "flac"})
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,14 @@ class Segment:
     def samples(self, rate: int) -> int:
         """Samples this part contributes at ``rate``: its gapless length, to the sample."""
         return round(self.duration_s * rate)
+
+    def _decodes_as(self, rate: int, channels: int) -> bool:
+        """True when ffmpeg alone decodes this part to exactly its samples at ``rate``/``channels``."""
+        info = self.info
+        head = info.mp3_head
+        return (not self.gain_db and not self.start_s and not self.cut_end and not info.lead_in
+                and info.codec in _EXACT_DECODERS and (info.sample_rate, info.channels) == (rate, channels)
+                and not (head is not None and head.prefix_junk) and (info.codec != "mp3" or info.mp3 is not None))
 
     def input_args(self, slack_s: float = _READ_SLACK_S) -> list[str]:
         """The ffmpeg input options and ``-i`` for this part's source (reading ``slack_s`` past
@@ -49,6 +62,9 @@ class Segment:
         samples) and a gap of zeros after it."""
         layout = "mono" if channels == 1 else "stereo"
         out = []
+        if self._decodes_as(rate, channels):
+            out += fades(self.samples(rate), fade_in, fade_out)
+            return out + ([f"apad=pad_len={gap_samples}"] if gap_samples else [])
         if self.info.lead_in and not self.start_s:
             out.append(f"atrim=start_sample={self.info.lead_in}")
         if self.gain_db:

@@ -43,8 +43,11 @@ def test_stitch_prints_result_json(files, tmp_path, capsys):
 
 def test_copy_join_from_cli(files, tmp_path, capsys):
     out = tmp_path / "o.mp3"
+    # Short parts: auto would join them exactly; --join copy asks for the frame join.
     assert main([str(files["a"]), str(files["a"]), "-o", str(out), "--join", "copy"]) == 0
-    assert json.loads(capsys.readouterr().out)["mode"] == "copy"
+    assert json.loads(capsys.readouterr().out)["join"] == "copy"
+    assert main([str(files["a"]), str(files["a"]), "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["join"] == "exact"
 
 
 def test_part_suffix_syntax(tmp_path):

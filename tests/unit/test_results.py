@@ -1,6 +1,8 @@
 """StoredResult's three stored forms read back to the same result, without AWS."""
 from __future__ import annotations
 
+import pytest
+
 from chalicelib import results
 from chalicelib.engine.types import PartSpan, Result
 from chalicelib.results import Span, StoredResult, decode_spans, encode_spans
@@ -8,7 +10,7 @@ from chalicelib.results import Span, StoredResult, decode_spans, encode_spans
 
 def _engine_result(n: int = 2) -> Result:
     return Result(duration_s=2.50049, format="mp3", size_bytes=1, join="copy",
-                  parts=[PartSpan(i, i * 1.0004, (i + 1) * 1.2345678) for i in range(n)])
+                  parts=[PartSpan(i, i * 1.0004, (i + 1) * 1.2345678) for i in range(n)], added_silence_ms=26.1)
 
 
 def test_engine_numbers_are_rounded_to_the_millisecond_once():
@@ -20,7 +22,7 @@ def test_engine_numbers_are_rounded_to_the_millisecond_once():
 def test_metadata_record_and_public_forms_agree():
     stored = StoredResult.from_engine("k", "cache/k.mp3", _engine_result(), 1234)
     meta = stored.metadata("7")
-    assert meta == {"duration-s": "2.500", "mode": "copy", "engine": "7", "join": "copy", "added-silence-ms": "0",
+    assert meta == {"duration-s": "2.500", "mode": "copy", "engine": "7", "join": "copy", "added-silence-ms": "26.1",
                     "parts": "0.000-1.235,1.000-2.469"}
     assert stored.sidecar() is None
     assert StoredResult.from_metadata("k", "cache/k.mp3", "mp3", 1234, meta) == stored
@@ -41,7 +43,6 @@ def test_long_part_lists_go_to_a_sidecar(monkeypatch):
 
 
 def test_foreign_or_incomplete_metadata_is_refused():
-    import pytest
 
     for meta in ({}, {"duration-s": "x"}, {"duration-s": "1", "parts": "sidecar"}, {"duration-s": "1", "parts": "a"}):
         with pytest.raises((KeyError, ValueError)):
@@ -49,18 +50,14 @@ def test_foreign_or_incomplete_metadata_is_refused():
 
 
 def test_join_and_limited_gain_survive_every_form():
-    class Reported:  # an engine that reports how it joined and where a boost was limited
-        def to_dict(self):
-            return {"duration_s": 2.0, "format": "mp3", "size_bytes": 5, "mode": "encode", "join": "exact",
-                    "added_silence_ms": 0.0,
-                    "parts": [{"index": 0, "start_s": 0.0, "end_s": 1.0, "gain_limited_db": 1.5},
-                              {"index": 1, "start_s": 1.0, "end_s": 2.0}]}
-
-    stored = StoredResult.from_engine("k", "o", Reported(), 5)
+    # What the engine reports about how it joined, and where it limited a boost, reaches every form.
+    reported = Result(duration_s=2.0, format="mp3", size_bytes=5, join="exact",
+                      parts=[PartSpan(0, 0.0, 1.0, gain_limited_db=1.5), PartSpan(1, 1.0, 2.0)])
+    stored = StoredResult.from_engine("k", "o", reported, 5)
     assert stored.parts[0].gain_limited_db == 1.5
     assert decode_spans(encode_spans(stored.parts)) == stored.parts
     assert StoredResult.from_metadata("k", "o", "mp3", 5, stored.metadata("2")) == stored
     assert StoredResult.from_record(stored.to_record(cached=False)) == stored
     body = stored.public(url=None, expires_at=None, cached=True)
-    assert body["join"] == "exact" and body["added_silence_ms"] == 0.0
+    assert body["join"] == "exact" and body["added_silence_ms"] == 0.0 and body["mode"] == "encode"
     assert body["parts"][0]["gain_limited_db"] == 1.5 and "gain_limited_db" not in body["parts"][1]

@@ -8,21 +8,21 @@ import pytest
 
 from chalicelib.config import Settings
 from chalicelib.errors import SourceRefused, SourceUnavailable, TransientError
-from chalicelib.sources import (
+from chalicelib.sources.failures import classify_failure
+from chalicelib.sources.rules import (
     cache_prefix,
     check_info,
-    classify_failure,
     duration_refusal,
     extractor_refusal,
     generic_id,
-    identify_url,
     live_refusal,
     normalise_url,
-    offline_identity,
     safe_ext,
     select_audio_format,
+    single_video_url,
     source_identity,
 )
+from chalicelib.sources.url import identify_url, offline_identity
 
 VIDEO_ID = "dQw4w9WgXcQ"
 WATCH = f"https://www.youtube.com/watch?v={VIDEO_ID}"
@@ -263,8 +263,6 @@ def test_other_failures():
 
 
 def test_single_video_url_drops_playlist_parameters_on_youtube_only():
-    from chalicelib.sources import single_video_url
-
     assert single_video_url(f"https://www.youtube.com/watch?v={VIDEO_ID}&list=PL1&index=3&t=5") == (
         f"https://www.youtube.com/watch?v={VIDEO_ID}&t=5")
     assert single_video_url(f"https://music.youtube.com/watch?v={VIDEO_ID}&list=RD1") == (

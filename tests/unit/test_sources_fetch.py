@@ -13,10 +13,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import sources
 from chalicelib.config import Settings
 from chalicelib.errors import SourceRefused, SourceUnavailable, TransientError, UnsupportedAudio
-from chalicelib.sources import generic_id
+from chalicelib.sources import url as sources
+from chalicelib.sources import ytdlp
+from chalicelib.sources.cache import SourceCache
+from chalicelib.sources.rules import generic_id
+from chalicelib.store import Store
 from tests.audio import decoded_duration, make_tone
 from tests.httpserver import LocalServer
 
@@ -84,8 +87,8 @@ def settings(tmp_path):
 @pytest.fixture(autouse=True)
 def quick_network(monkeypatch):
     # One attempt, short read timeout: the stalled server would otherwise hold a test for 20 s.
-    monkeypatch.setattr(sources, "SOCKET_TIMEOUT_SECONDS", 0.5)
-    monkeypatch.setattr(sources, "RETRIES", 0)
+    monkeypatch.setattr(ytdlp, "SOCKET_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(ytdlp, "RETRIES", 0)
     monkeypatch.setattr(sources, "_INFO_MEMO", {})  # each test starts without remembered metadata
 
 
@@ -94,7 +97,8 @@ def cache_keys(s3) -> list[str]:
 
 
 def fetch(url, tmp_path, settings, s3, index=0, name="job"):
-    return sources.fetch_url(url, index=index, workdir=tmp_path / name, settings=settings, s3_client=s3)
+    return sources.fetch_url(url, index=index, workdir=tmp_path / name, settings=settings,
+                             cache=SourceCache(Store(s3), settings))
 
 
 def failed(kind, url, tmp_path, settings, s3, index=2):
@@ -289,7 +293,7 @@ def test_an_unusable_cache_does_not_fail_the_fetch(server, tmp_path, settings, s
 
 
 def test_only_the_guarded_handler_is_installed(settings):
-    ydl, connector = sources._new_ydl(settings, sources._Collector())
+    ydl, connector = ytdlp.new_ydl(settings, ytdlp.Collector())
     with ydl:
         handlers = list(ydl._request_director.handlers.values())
         assert [type(h).__name__ for h in handlers] == ["GuardedUrllibRH"]  # not requests/curl_cffi
@@ -312,7 +316,7 @@ def test_sources_module_imports_no_ytdlp():
     import subprocess
     import sys
 
-    code = ("import sys, chalicelib.sources, chalicelib.urlguard; "
+    code = ("import sys, chalicelib.sources.url, chalicelib.sources.bucket, chalicelib.urlguard; "
             "print(sorted(m for m in ('yt_dlp', 'pydub', 'mutagen', 'urllib.request') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout

@@ -13,6 +13,9 @@ from .frames import OFFSET_STRIDE
 from .tags import build_tag_frame, played_samples, tag_frame_header
 from .walk import CHUNK, Mp3Head, Mp3Scan, scan
 
+# Parts this large on average are copied by a thread while the next part is walked.
+THREADED_COPY_BYTES = 256 * 1024
+
 
 def toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
     """Xing TOC: for each percent of play time, the byte position in 1/256 of the stream.
@@ -106,18 +109,24 @@ def join(heads: list[Mp3Head], out_path: str | Path,
     # ("auto_da_alloc"), which costs more than the join; the size is set at the end instead.
     with open(os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o644), "wb", closefd=True) as dst:
         dst_fd = dst.fileno()
-        copier = _Copier()
+        # Small parts are copied by this thread after their walk: handing each to the copier
+        # thread costs more (two threads taking turns at the GIL) than it overlaps.
+        total = sum(x.end_limit - x.audio_start for x in heads)
+        copier = _Copier() if total >= len(heads) * THREADED_COPY_BYTES else None
         at = tag_size  # the tag frame is written last, once the counts are known
         try:
             for i, head in enumerate(heads):
-                # Copy optimistically up to the trailing tags while the walk runs; if the walk
-                # finds the frames end earlier (stray bytes), the next part's copy overwrites
-                # the excess (copies run in order) and the final truncate cuts it off.
                 src = os.open(head.path, os.O_RDONLY)
                 try:
-                    # The copier closes its own descriptor when its copy is done.
-                    copier.put(os.dup(src), dst_fd, head.audio_start, at, head.end_limit - head.audio_start)
+                    if copier is not None:
+                        # Copy optimistically up to the trailing tags while the walk runs; if the
+                        # walk finds the frames end earlier (stray bytes), the next part's copy
+                        # overwrites the excess (copies run in order) and the final truncate cuts
+                        # it off. The copier closes its own descriptor.
+                        copier.put(os.dup(src), dst_fd, head.audio_start, at, head.end_limit - head.audio_start)
                     s = scan_part(i, head, buf, src)
+                    if copier is None:
+                        _copy_range(src, dst_fd, s.start, at, s.end - s.start)
                 finally:
                     os.close(src)
                 if s.start != head.audio_start or s.end > head.end_limit:
@@ -125,9 +134,11 @@ def join(heads: list[Mp3Head], out_path: str | Path,
                 scans.append(s)
                 at += s.end - s.start
         except BaseException:
-            copier.finish(cancel=True)  # the output is going away: skip copies not started yet
+            if copier is not None:
+                copier.finish(cancel=True)  # the output is going away: skip copies not started yet
             raise
-        copier.finish()
+        if copier is not None:
+            copier.finish()
         os.ftruncate(dst_fd, at)
         total_frames = sum(s.frames for s in scans)
         vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1

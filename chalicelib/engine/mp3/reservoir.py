@@ -15,6 +15,7 @@ start with the 12-bit ``part2_3_length``; the granule/channel blocks are 59 bits
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -108,6 +109,7 @@ class FrameReader:
         reservoir = bytearray()  # the tail of the main-data stream
         base = 0  # stream offset of reservoir[0]
         first = True
+        headers: dict[bytes, FrameHeader | None] = {}
         head = self._f.read(10)
         skip = _id3v2_size(head)
         if skip:
@@ -125,7 +127,10 @@ class FrameReader:
                     if buf:
                         raise ReservoirError(f"{len(buf)} stray bytes after the last frame")
                     return
-            h = parse_header(buf, pos)
+            key = buf[pos:pos + 4]
+            h = headers.get(key)
+            if h is None:
+                h = headers[key] = parse_header(key)  # a CBR stream has a handful of distinct headers
             if h is None or h.layer != 3:
                 raise ReservoirError(f"not an MPEG Layer III frame at byte {consumed + pos}")
             size = h.size
@@ -253,6 +258,7 @@ class Relayer:
             self._emit()
 
 
+@functools.lru_cache(maxsize=1024)
 def _size_at(head: bytes, bitrate_index: int) -> int:
     """Size of the frame ``head`` starts, at another bitrate index (padding bit kept)."""
     return parse_header(_header_bytes(head, bitrate_index)).size
