@@ -31,11 +31,11 @@ def env(tmp_path):
 
 def _queued(env, name="a.mp3", **extra) -> str:
     env.put_tone(name, 0.5)
-    status, body = env.service.submit({"message_parts": [name], "async": True, **extra})
-    assert status == 202
+    outcome = env.service.submit({"message_parts": [name], "async": True, **extra})
+    assert outcome.status == "queued", outcome
     [msg] = env.messages()
     env.sqs.delete_message(QueueUrl=env.urls["queue_url"], ReceiptHandle=msg["ReceiptHandle"])
-    return body["job_id"]
+    return outcome.job_id
 
 
 def _die_mid_job(env, job_id: str) -> None:
