@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from chalice import Chalice, Rate, Response
+from chalice import Chalice, CORSConfig, Rate, Response
 
 from chalicelib.config import Settings, get_settings
 from chalicelib.errors import StitchError
@@ -29,6 +29,22 @@ if not logging.getLogger().handlers and not _lib_log.handlers:
 
 # Read when Chalice loads the app, with the stage's environment (deploy, package and local alike).
 _REQUIRE_API_KEY = Settings.from_env().require_api_key
+
+
+def _cors(origins: tuple[str, ...]) -> CORSConfig | None:
+    """CORS_ALLOW_ORIGINS as Chalice's CORSConfig (every route; API Gateway answers the preflight).
+
+    API Gateway's preflight carries one fixed origin, so a list of several keeps the first (logged).
+    """
+    if not origins:
+        return None
+    if len(origins) > 1:
+        log.warning("CORS_ALLOW_ORIGINS has %d origins; API Gateway allows one: using %s", len(origins), origins[0])
+    return CORSConfig(allow_origin=origins[0], allow_headers=["x-api-key"], expose_headers=["Retry-After"],
+                      max_age=600)
+
+
+app.api.cors = _cors(Settings.from_env().cors_allow_origins)
 _services: dict[str, object] = {}
 
 
@@ -141,6 +157,24 @@ def health():
     from chalicelib.options import ENGINE_VERSION
 
     return _handle(lambda: (200, {"status": "ok", "engine_version": ENGINE_VERSION, "stage": get_settings().stage}))
+
+
+def _asset(name: str) -> Response:
+    from chalicelib.assets import asset
+
+    body, content_type = asset(name)
+    return Response(body=body, status_code=200, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+
+
+@app.route("/", methods=["GET"])
+def page():
+    """The web page: a static file, no build step."""
+    return _asset("index.html")
+
+
+@app.route("/openapi.json", methods=["GET"])
+def openapi():
+    return _asset("openapi.json")
 
 
 @app.on_sqs_message(queue=os.environ.get("QUEUE_NAME", Settings.queue_name), batch_size=1)

@@ -66,6 +66,8 @@ class Settings:
     allowed_url_ports: tuple[int, ...] = ()
     # POST routes need an API key (x-api-key); true in every deployed stage.
     require_api_key: bool = False
+    # Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
+    cors_allow_origins: tuple[str, ...] = ()
     work_dir: str = "/tmp"
     worker_timeout_seconds: int = 900
     aws_region: str = field(default="us-east-1")

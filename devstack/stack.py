@@ -192,6 +192,9 @@ class MotoServer:
     def __init__(self, host: str, port: int):
         import logging
 
+        # moto answers every origin by default; off, S3 applies the bucket's own CORS rule, as AWS does,
+        # so the web page's direct upload proves that rule (read by moto.settings at import).
+        os.environ.setdefault("MOTO_DISABLE_GLOBAL_CORS", "true")
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
@@ -201,7 +204,9 @@ class MotoServer:
 
         if not os.environ.get("LOCAL_RUN_VERBOSE"):
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise
-        app = DomainDispatcherApplication(create_backend_app)
+        from devstack.motocors import FormPostCors
+
+        app = FormPostCors(DomainDispatcherApplication(create_backend_app))
         self.server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
         self.port = self.server.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -304,6 +309,7 @@ def banner(state: RunState, settings) -> str:
     lines = [
         "",
         f"  API     {api}     (GET /health, POST /stitch, GET /jobs/<id>, POST /uploads)",
+        f"  page    {api}/     (stitch in the browser; the API reference is {api}/openapi.json)",
         f"  AWS     {state.moto_url}     (moto: S3, SQS, DynamoDB, SES; any credentials)",
         f"  buckets {settings.bucket_input} -> {settings.bucket_output}",
         f"  queue   {state.queue_url}  ({sum(n.startswith('worker') for n in state.children)} worker(s))",
@@ -320,6 +326,8 @@ def banner(state: RunState, settings) -> str:
         f"    curl -s -X POST {api}/uploads -H 'Content-Type: application/json' -d '{{\"filename\": \"my.mp3\"}}'",
         "    then POST a form of its 'fields' plus the file (last) to 'upload_url':",
         "    curl -s <upload_url> -F key=<fields.key> -F policy=... (every field) -F file=@my.mp3",
+        "  Or all of that in one command, from any directory:",
+        f"    {Path(sys.executable).parent / 'audio-stitch'} remote my.mp3 other.wav -o out.mp3 --api {api}",
         "",
         "  Ctrl-C stops everything.",
         "",

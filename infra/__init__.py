@@ -60,6 +60,7 @@ class BucketSpec:
     logical_id: str
     name: str
     expirations: tuple[tuple[str, int], ...]  # (prefix, days)
+    browser_uploads: bool = False  # carries UPLOAD_CORS_RULES
 
 
 def bucket_specs(settings: Settings) -> tuple[BucketSpec, BucketSpec]:
@@ -70,6 +71,7 @@ def bucket_specs(settings: Settings) -> tuple[BucketSpec, BucketSpec]:
             settings.bucket_input,
             ((settings.uploads_prefix, settings.uploads_ttl_days),
              (settings.sources_prefix, settings.sources_ttl_days)),
+            browser_uploads=True,
         ),
         BucketSpec("OutputBucket", settings.bucket_output, ((settings.cache_prefix, settings.cache_ttl_days),)),
     )
@@ -105,6 +107,17 @@ PUBLIC_ACCESS_BLOCK = {
 }
 OWNERSHIP_RULES = [{"ObjectOwnership": "BucketOwnerEnforced"}]
 ENCRYPTION_RULES = [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+# Lets the web page (GET /, on the API's origin, unknown until deploy) send a presigned upload
+# straight to the input bucket. Any origin: the signature in the link is the authorisation, and
+# the bucket stays private; CORS only decides whether a browser may send it and read the answer.
+UPLOAD_CORS_RULES = [{
+    "ID": "browser-presigned-uploads",
+    "AllowedMethods": ["PUT", "POST"],
+    "AllowedOrigins": ["*"],
+    "AllowedHeaders": ["*"],
+    "ExposeHeaders": ["ETag"],
+    "MaxAgeSeconds": 3000,
+}]
 
 
 def queue_attributes(settings: Settings) -> dict[str, str]:
@@ -197,6 +210,8 @@ def ensure_bucket(s3, spec: BucketSpec, region: str) -> str:
     s3.put_bucket_lifecycle_configuration(
         Bucket=spec.name, LifecycleConfiguration={"Rules": lifecycle_rules(spec)}
     )
+    if spec.browser_uploads:
+        s3.put_bucket_cors(Bucket=spec.name, CORSConfiguration={"CORSRules": UPLOAD_CORS_RULES})
     return spec.name
 
 
@@ -302,6 +317,10 @@ def _cfn_lifecycle(spec: BucketSpec) -> list[dict]:
     return rules
 
 
+# The S3 API and CloudFormation spell three CORS rule fields differently.
+_CFN_CORS_NAMES = {"ID": "Id", "ExposeHeaders": "ExposedHeaders", "MaxAgeSeconds": "MaxAge"}
+
+
 def _cfn_queue_props(name: str, attributes: dict[str, str]) -> dict:
     props = {"QueueName": name, "FifoQueue": True}
     for key, value in attributes.items():
@@ -338,6 +357,9 @@ def cloudformation_template(settings: Settings, *, log_retention: bool = False, 
                 "LifecycleConfiguration": {"Rules": _cfn_lifecycle(spec)},
             },
         }
+        if spec.browser_uploads:
+            resources[spec.logical_id]["Properties"]["CorsConfiguration"] = {"CorsRules": [
+                {_CFN_CORS_NAMES.get(k, k): v for k, v in rule.items()} for rule in UPLOAD_CORS_RULES]}
     resources["JobsDeadLetterQueue"] = {
         "Type": "AWS::SQS::Queue",
         "Properties": _cfn_queue_props(settings.dlq_name, dlq_attributes()),

@@ -34,22 +34,18 @@ def output_channels(options: Options, infos: list[AudioInfo]) -> int:
     return options.channels or min(2, max(i.channels for i in infos))
 
 
-def bitrate(options: Options, rate: int | None = None, channels: int | None = None) -> str | None:
-    """The requested bitrate, or the default; with the output's rate and channels, checked against
-    what the encoder accepts there (BadRequest naming ``bitrate``) and the default kept inside it."""
+def bitrate(options: Options, layout: Layout) -> str | None:
+    """The requested bitrate (BadRequest if the encoder refuses it for this output), or the default."""
     fmt = options.output_format
-    if fmt.lossless:
-        return None
-    if rate is None or channels is None:
-        return options.bitrate or DEFAULT_BITRATE.get(fmt.name)
-    return options.encoder_bitrate(rate, channels, DEFAULT_BITRATE.get(fmt.name))
+    return None if fmt.lossless else options.encoder_bitrate(layout.rate, layout.channels,
+                                                             DEFAULT_BITRATE.get(fmt.name))
 
 
 def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
     """The encoder's output options (``parallel.encoder_args`` matches them) and the output."""
     fmt = options.output_format
     args = ["-c:a", fmt.codec]
-    kbps = bitrate(options, rate, channels)
+    kbps = bitrate(options, Layout(rate, channels))
     if kbps:
         args += ["-b:a", kbps]
     return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
@@ -76,8 +72,7 @@ def encode(pcm: BinaryIO, out_path: str, options: Options, layout: Layout, total
     par = _parallel()
     if par is not None and options.format in par.parallel_formats():
         par.encode_pcm(pcm, out_path, fmt=options.format, rate=layout.rate, channels=layout.channels,
-                       bitrate=bitrate(options, layout.rate, layout.channels), progress=progress,
-                       total_samples=total_samples)
+                       bitrate=bitrate(options, layout), progress=progress, total_samples=total_samples)
         return
     run_ffmpeg(encoder_command(options, layout, out_path), total_samples / layout.rate, progress, stdin=pcm)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chalicelib.engine.types import PartSpan, Result
 from chalicelib.errors import UnsupportedAudio
-from chalicelib.jobs import FAILED, FINISHED, QUEUED, RUNNING, Job
+from chalicelib.jobs import FINISHED, QUEUED, RUNNING, Job
 from chalicelib.store import ObjectChanged, ObjectInfo, ObjectMissing, iso
 
 # -- S3 ---------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class FakeStore:
         return f"https://{bucket}.s3.test/{key}?X-Amz-Expires={ttl}", iso(self.clock() + ttl)
 
     def presign_post(self, bucket: str, key: str, ttl: int, max_bytes: int) -> tuple[str, dict, str]:
-        fields = {"key": key, "policy": f"content-length-range 1..{max_bytes}, expires in {ttl}"}
+        fields = {"key": key, "x-max-bytes": str(max_bytes), "x-expires": str(ttl)}
         return f"https://{bucket}.s3.test/", fields, iso(self.clock() + ttl)
 
 
@@ -200,27 +200,6 @@ class FakeJobStore:
 
         return self._update(job.job_id, self._owned(job), change)
 
-    def heartbeat(self, job: Job, lease_seconds: float, progress: float | None = None) -> bool:
-        def change(j: Job) -> None:
-            j.lease_until = self.clock() + lease_seconds
-            if progress is not None:
-                j.progress = round(min(max(progress, 0.0), 1.0), 4)
-
-        return self._update(job.job_id, self._owned(job), change) is not None
-
-    def stale(self) -> list[Job]:
-        now = self.clock()
-        with self._lock:
-            return [copy.deepcopy(j) for j in self.records.values() if j.status == RUNNING and j.lease_until < now]
-
-    def fail_stale(self, job: Job, error: dict) -> Job | None:
-        now = self.clock()
-
-        def change(j: Job) -> None:
-            j.status, j.lease_until, j.error = FAILED, 0.0, json.loads(json.dumps(error))
-
-        return self._update(job.job_id, lambda j: self._owned(job)(j) and j.lease_until < now, change)
-
     def mark_notified(self, job_id: str, marker: str) -> bool:
         return self._update(job_id, lambda j: marker not in j.notified, lambda j: j.notified.add(marker)) is not None
 
@@ -230,18 +209,10 @@ class FakeQueue:
 
     def __init__(self):
         self.sent: list[tuple[str, int]] = []
-        self.resent: list[tuple[str, int, int]] = []  # the sweeper's: (job, run, the stalled attempt)
-        self.dead: list[tuple[str, str]] = []
 
-    def send(self, job_id: str, run: int = 1, *, after_attempt: int | None = None) -> None:
-        if after_attempt is not None:
-            if (job_id, run, after_attempt) not in self.resent:
-                self.resent.append((job_id, run, after_attempt))
-        elif (job_id, run) not in self.sent:
+    def send(self, job_id: str, run: int = 1) -> None:
+        if (job_id, run) not in self.sent:
             self.sent.append((job_id, run))
-
-    def dead_letter(self, dlq_name: str, body: str, reason: str) -> None:
-        self.dead.append((body, reason))
 
     def dedup_ids(self) -> list[str]:
         return sorted(job_id if run == 1 else f"{job_id}-{run}" for job_id, run in self.sent)

@@ -86,10 +86,10 @@ def test_queued_job_through_the_sqs_handler(env):
 
 
 def test_last_receive_marks_failed_and_the_handler_raises_for_the_dlq(env):
-    def killed(*_a, **_k):
+    def failing(*args, **kwargs):
         raise TransientError("ffmpeg was killed (simulated)")
 
-    svc = build_service(env.settings, stitch=killed)
+    svc = build_service(env.settings, stitch=failing)
     app_module.set_service(svc)
     env.put_tone("a.mp3", 0.5)
     job_id = post(env.client, "/stitch", {"message_parts": ["a.mp3"], "async": True}).json_body["job_id"]

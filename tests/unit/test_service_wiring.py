@@ -4,8 +4,6 @@ One test per seam the fakes in test_service.py stand in for; the branches themse
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from chalicelib.bootstrap import build_service
@@ -123,6 +121,7 @@ def test_url_parts_always_go_to_the_queue_and_the_worker_fetches_them(tmp_path):
 
 def test_create_upload_presigns_a_capped_post_under_uploads(env):
     import base64
+    import json
 
     import requests
 
@@ -130,10 +129,9 @@ def test_create_upload_presigns_a_capped_post_under_uploads(env):
     assert body["key"].startswith("uploads/") and body["key"].endswith("/intro.mp3")
     assert body["method"] == "POST" and body["expires_at"].endswith("Z")
     assert body["fields"]["key"] == body["key"] and body["max_bytes"] == env.settings.max_upload_bytes
-    # S3 enforces the signed policy's range: an empty file or one over MAX_UPLOAD_BYTES is refused.
     policy = json.loads(base64.b64decode(body["fields"]["policy"]))
     assert ["content-length-range", 1, env.settings.max_upload_bytes] in policy["conditions"]
-    # The form really uploads (moto intercepts the HTTP call in-process).
+    # The link really accepts the form (moto intercepts the HTTP call in-process).
     r = requests.post(body["upload_url"], data=body["fields"], files={"file": ("intro.mp3", b"ID3 fake")}, timeout=5)
     assert r.status_code in (200, 204), r.text
     assert env.s3.head_object(Bucket=env.settings.bucket_input, Key=body["key"])["ContentLength"] == 8

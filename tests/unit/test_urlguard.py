@@ -183,7 +183,7 @@ def test_connector_refuses_before_any_packet():
     assert "rebind.example resolves to a private address" in connector.refusal.message
     with pytest.raises(OSError):  # a RefusedConnection is an OSError for the HTTP stack
         connector(("169.254.169.254", 80), 1)
-    # The first refusal is the one reported (by its rule: the resolved address stays unsaid).
+    # The first refusal is the one reported, by its rule: never the address an internal name resolves to.
     assert "rebind.example" in connector.refusal.message and "10.0.0.1" not in connector.refusal.message
 
 
