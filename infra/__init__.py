@@ -460,6 +460,7 @@ def iam_policy(settings: Settings) -> dict:
     s3_in = f"arn:aws:s3:::{settings.bucket_input}"
     s3_out = f"arn:aws:s3:::{settings.bucket_output}"
     queue = f"arn:aws:sqs:*:*:{settings.queue_name}"
+    dlq = f"arn:aws:sqs:*:*:{settings.dlq_name}"
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -489,7 +490,7 @@ def iam_policy(settings: Settings) -> dict:
                 "Resource": [f"{s3_in}/*"],
             },
             {
-                # Fetched URL sources are cached here; uploads/ is granted so presigned PUTs work.
+                # Fetched URL sources are cached here; uploads/ is granted so presigned POST uploads work.
                 "Sid": "WriteSourcesAndUploads",
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
@@ -504,8 +505,8 @@ def iam_policy(settings: Settings) -> dict:
             },
             {
                 # Send + GetQueueUrl for the API (enqueue); Receive/Delete/GetQueueAttributes are what
-                # Lambda's event source mapping needs for the worker. The DLQ needs no grant: SQS
-                # itself moves messages there, and the worker marks a job failed on its last receive.
+                # Lambda's event source mapping needs for the worker. SQS itself redrives to the DLQ;
+                # the worker sends there only a message that is not a job at all.
                 "Sid": "JobsQueue",
                 "Effect": "Allow",
                 "Action": [
@@ -515,12 +516,13 @@ def iam_policy(settings: Settings) -> dict:
                     "sqs:DeleteMessage",
                     "sqs:GetQueueAttributes",
                 ],
-                "Resource": [queue],
+                "Resource": [queue, dlq],
             },
             {
                 "Sid": "JobsTable",
                 "Effect": "Allow",
-                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                # Scan: the sweeper's once-a-minute look for running jobs whose heartbeat stopped.
+                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
                 "Resource": [f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}"],
             },
             {

@@ -96,11 +96,13 @@ CALL_ACTIONS = {
     # Large files go up in parts; an interrupted upload is aborted.
     "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "list_objects_v2": {"s3:ListBucket"},
-    # Presigned GET links for results, presigned PUT links for uploads.
+    # Presigned GET links for results, presigned POST forms for uploads.
     "generate_presigned_url": {"s3:GetObject", "s3:PutObject"},
+    "generate_presigned_post": {"s3:PutObject"},
     "get_item": {"dynamodb:GetItem"},
     "put_item": {"dynamodb:PutItem"},
     "update_item": {"dynamodb:UpdateItem"},
+    "scan": {"dynamodb:Scan"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "send_message": {"sqs:SendMessage"},
     "send_email": {"ses:SendEmail"},
