@@ -13,11 +13,11 @@ help:
 	@echo "make test   - install into .venv, then run every test"
 	@echo "make bench  - engine benchmark (writes docs/performance.md)"
 	@echo "make lint   - ruff"
-	@echo "make vendor - place a static ffmpeg at vendor/bin/ffmpeg for Lambda"
-	@echo "make check  - offline deploy checks (chalice package, cfn-lint, parliament, zip contents)"
+	@echo "make vendor - vendor/bin/ffmpeg (static) and build/layers/deno-layer.zip for Lambda"
+	@echo "make check  - offline deploy checks (chalice package; cfn-lint, parliament, checkov, zizmor, actionlint; zip, layer and size limits)"
 	@echo "make package STAGE=prod / make deploy STAGE=prod"
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt pyproject.toml
+$(STAMP): requirements.txt requirements-cli.txt requirements-dev.txt requirements-lock.txt pyproject.toml
 	@test -x $(PY) || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 		{ echo "Python 3.11+ is needed to create $(VENV); try: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,7 @@ lint: $(STAMP)
 
 vendor: $(STAMP)
 	$(PY) scripts/vendor_ffmpeg.py
+	$(PY) scripts/deno_layer.py
 
 package: vendor
 	$(PY) scripts/deploy.py package --stage $(STAGE) --out $(PACKAGE_DIR)
@@ -57,7 +58,14 @@ package: vendor
 deploy: vendor
 	$(PY) scripts/deploy.py deploy --stage $(STAGE)
 
-check: vendor
+# checkov pins boto3 1.35 & co: it gets a virtualenv of its own.
+CHECKOV_STAMP := $(VENV)/tools/checkov/.installed
+$(CHECKOV_STAMP): requirements-checkov.txt | $(STAMP)
+	@test -x $(VENV)/tools/checkov/bin/python || $(PY) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-checkov.txt
+	@touch $@
+
+check: vendor $(CHECKOV_STAMP)
 	$(PY) scripts/deploy.py check --stage prod --out build/check
 
 clean:

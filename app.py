@@ -8,14 +8,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
+from chalicelib import telemetry
 from chalicelib.config import Settings, get_settings
 from chalicelib.errors import StitchError
 
 app = Chalice(app_name="audio-stitch")
+# `chalice deploy|package|local` typed by hand: stop (or pin the runtime) before Chalice acts.
+# Only the Chalice CLI loads chalice.cli; Lambda and chalice.test never do, and infra/ is not in the zip.
+if "chalice.cli" in sys.modules:
+    from infra.chalice_guard import guard
+
+    guard()
 app.log.setLevel(logging.INFO)
 log = app.log
 # The per-job line and warnings come from chalicelib's loggers. Lambda's runtime puts a handler on
@@ -26,6 +34,8 @@ _lib_log.setLevel(logging.INFO)
 if not logging.getLogger().handlers and not _lib_log.handlers:
     for _handler in app.log.handlers:
         _lib_log.addHandler(_handler)
+# On Lambda: one JSON object per line, with request/job id and the cold-start flag.
+telemetry.configure_logging(app.log, _lib_log)
 
 # Read when Chalice loads the app, with the stage's environment (deploy, package and local alike).
 _REQUIRE_API_KEY = Settings.from_env().require_api_key
@@ -105,6 +115,31 @@ def _json_body() -> dict:
 
 
 def _handle(action) -> Response:
+    """One request inside a telemetry scope: its log lines carry the request id, and its metrics
+    (cache hits, bytes, 5xx) go out as one EMF line."""
+    context = getattr(app, "lambda_context", None)
+    request_id = getattr(context, "aws_request_id", None) or (app.current_request.context or {}).get("requestId")
+    with telemetry.invocation("api", request_id=request_id, stage=get_settings().stage):
+        response = _respond(action)
+        _request_metrics(app.current_request, response)
+        return response
+
+
+def _request_metrics(request, response: Response) -> None:
+    status, body = response.status_code, response.body if isinstance(response.body, dict) else {}
+    if request.method == "POST":
+        telemetry.metric("BytesIn", len(request.raw_body or b""), "Bytes")
+    if request.path == "/stitch" and status == 200:
+        # 1 or 0 per answered request: the metric's Average is the cache hit ratio.
+        telemetry.metric("CacheHit", 1.0 if body.get("cached") else 0.0, "None")
+        telemetry.metric("BytesOut", body.get("size_bytes", 0), "Bytes")
+    elif request.path == "/stitch" and status == 202:
+        telemetry.metric("JobsQueued", 1)
+    if status >= 500:
+        telemetry.metric("ServerErrors", 1)
+
+
+def _respond(action) -> Response:
     """Run one request: typed errors -> their status; anything else -> a logged, generic 500."""
     request = app.current_request
     started = time.monotonic()
@@ -194,7 +229,7 @@ def process_job(event):
             service = get_service("worker")
             service.queue.dead_letter(service.settings.dlq_name, record.body, reason)
             continue
-        get_service("worker").run_job(job_id, receive_count=receive_count)
+        _run_job(job_id, receive_count)
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
@@ -205,3 +240,20 @@ def sweep_jobs(event):
     report = sweep(get_service("worker"))
     if report.requeued or report.failed:
         log.info("%s", report)
+
+
+def _run_job(job_id: str, receive_count: int) -> None:
+    """run_job inside a telemetry scope: the outcome and duration as metrics, the job id in the log."""
+    context = getattr(app, "lambda_context", None)
+    started = time.monotonic()
+    with telemetry.invocation("worker", request_id=getattr(context, "aws_request_id", None), job_id=job_id,
+                              stage=get_settings().stage):
+        try:
+            outcome = get_service("worker").run_job(job_id, receive_count=receive_count)
+        except Exception:
+            telemetry.metric("JobsRetried", 1)
+            raise
+        finally:
+            telemetry.metric("JobSeconds", round(time.monotonic() - started, 3), "Seconds")
+        if outcome in ("succeeded", "failed"):
+            telemetry.metric("JobsSucceeded" if outcome == "succeeded" else "JobsFailed", 1)

@@ -56,6 +56,8 @@ class Settings:
     max_parts: int = 100
     sender_email: str = "noreply@example.com"
     webhook_secret: str = ""
+    # Deployed stages: without webhook_secret, requests naming a webhook_url are refused (400).
+    require_webhook_secret: bool = False
     webhook_attempts: int = 3
     max_source_seconds: int = 1800
     max_source_bytes: int = 512 * 1024 * 1024

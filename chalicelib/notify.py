@@ -20,18 +20,39 @@ from .errors import StitchError
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Signature"
+# Receivers should refuse signatures older (or newer) than this: a captured POST cannot be replayed later.
+SIGNATURE_TOLERANCE_S = 300
 WEBHOOK_TIMEOUT_S = 5.0
 BACKOFF_S = 0.5
 
 
-def sign(body: bytes, secret: str) -> str:
-    """``sha256=<hex HMAC-SHA256 of the exact body bytes>`` — what receivers recompute."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def _mac(body: bytes, secret: str, timestamp: int) -> str:
+    return hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, secret: str, header: str) -> bool:
-    """Constant-time check of an ``X-Signature`` header (for receivers and tests)."""
-    return hmac.compare_digest(sign(body, secret), header or "")
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + the exact body bytes>``.
+
+    The timestamp is inside the MAC, so a receiver that checks its age rejects replays."""
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    return f"t={t},v1={_mac(body, secret, t)}"
+
+
+def verify(body: bytes, secret: str, header: str, *, tolerance: float = SIGNATURE_TOLERANCE_S,
+           now: float | None = None) -> bool:
+    """Check an ``X-Signature`` header: a v1 MAC that matches, with ``t`` within ``tolerance`` seconds."""
+    fields: dict[str, list[str]] = {}
+    for item in (header or "").split(","):
+        key, _, value = item.strip().partition("=")
+        fields.setdefault(key, []).append(value)
+    try:
+        t = int(fields["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
+        return False
+    expected = _mac(body, secret, t)
+    return any(hmac.compare_digest(expected, v) for v in fields.get("v1", []))
 
 
 def webhook_body(job: dict) -> bytes:

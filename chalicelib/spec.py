@@ -153,6 +153,11 @@ def parse_request(data: dict, settings: Settings, *, check_urls: bool = True) ->
     notify_email = _parse_email(data.get("notify_email"))
     webhook_url = data.get("webhook_url")
     if webhook_url is not None:
+        if check_urls and settings.require_webhook_secret and not settings.webhook_secret:
+            # Receivers could not tell our POST from anyone's: refuse rather than send it unsigned.
+            raise BadRequest("webhook_url cannot be used on this stage: it has no WEBHOOK_SECRET to sign webhooks "
+                             "with (leave webhook_url out, or ask the operator to set WEBHOOK_SECRET)",
+                             field="webhook_url")
         webhook_url = _parse_url(webhook_url, "webhook_url", settings, check_urls)
     force_async = data.get("async", False)
     if not isinstance(force_async, bool):

@@ -1,11 +1,17 @@
 """Deployment tasks behind `make package`, `make deploy` and `make check`.
 
-  render   write .chalice/resources-<stage>.json and .chalice/policy-<stage>.json for every stage
-           from infra (the single definition); `--check` only reports drift
-  package  `chalice package --merge-template` into --out (SAM template + deployment.zip)
-  deploy   provision the stage's resources, `chalice deploy`, set WEBHOOK_SECRET and /tmp size,
-           ensure an API key + usage plan, print the API URL
-  check    package the stage, then cfn-lint, parliament and the zip's contents (offline)
+  render   write .chalice/resources-<stage>.json and .chalice/policy-<stage>-<function>.json for
+           every stage from infra (the single definition); `--check` only reports drift
+  package  `chalice package --merge-template` into --out (SAM template + deployment.zip), plus the
+           deno layer zip the template refers to
+  deploy   provision the stage's resources, publish the deno layer, `chalice deploy`, then set
+           WEBHOOK_SECRET, /tmp size, the worker's layer and log retention; ensure an API key +
+           usage plan; print the API URL
+  check    package the stage, then cfn-lint, parliament, checkov, zizmor, actionlint, the zip's
+           contents and Lambda's size limits (offline)
+
+The bare `chalice deploy` / `chalice package` refuse to run (infra/chalice_guard.py); the chalice
+runs made here carry the marker that lets them through.
 """
 from __future__ import annotations
 
@@ -23,9 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import vendor_ffmpeg  # noqa: E402 - scripts/ is sys.path[0] when this file runs
+import deno_layer  # noqa: E402 - scripts/ is sys.path[0] when this file runs
+import vendor_ffmpeg  # noqa: E402
 
 import infra  # noqa: E402
+from infra.chalice_guard import DEPLOY_STEP_ENV, WORKER_LAYERS_ENV  # noqa: E402
 
 CHALICE_DIR = ROOT / ".chalice"
 VENV_BIN = Path(sys.executable).parent
@@ -46,8 +54,13 @@ def resources_path(stage: str) -> Path:
     return CHALICE_DIR / f"resources-{stage}.json"
 
 
-def policy_path(stage: str) -> Path:
-    return CHALICE_DIR / f"policy-{stage}.json"
+def policy_path(stage: str, handler: str = infra.WORKER_FUNCTION) -> Path:
+    return CHALICE_DIR / infra.policy_file(stage, handler)
+
+
+def policy_paths() -> list[Path]:
+    return sorted(CHALICE_DIR / infra.policy_file(stage, handler)
+                  for stage in stages() for handler in infra.FUNCTIONS)
 
 
 def _dump(data: dict) -> str:
@@ -61,11 +74,12 @@ def rendered_files() -> dict[Path, str]:
         settings = infra.stage_settings(stage)
         template = infra.cloudformation_template(
             settings,
-            log_retention="log_retention_in_days" in stage_config(stage),
+            log_retention_days=stage_config(stage).get("log_retention_in_days"),
             api_key=settings.require_api_key,
         )
         out[resources_path(stage)] = _dump(template)
-        out[policy_path(stage)] = _dump(infra.iam_policy(settings))
+        for handler, policy in infra.iam_policies(settings).items():
+            out[policy_path(stage, handler)] = _dump(policy)
     return out
 
 
@@ -91,18 +105,24 @@ class CheckFailed(SystemExit):
     pass
 
 
-def _chalice_env() -> dict:
+def _chalice_env(step: str | None = None) -> dict:
     env = dict(os.environ)
+    if step:
+        env[DEPLOY_STEP_ENV] = step
+    # app.py imports infra's guard under the Chalice CLI; a staged project has no infra/ of its own.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # `chalice package` insists on a region although the template it writes is region-neutral;
     # botocore reads AWS_DEFAULT_REGION only.
     env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION") or "us-east-1")
     return env
 
 
-def _chalice(*args: str, capture: bool = False, project_dir: Path = ROOT) -> subprocess.CompletedProcess:
+def _chalice(*args: str, capture: bool = False, project_dir: Path = ROOT, step: str | None = None,
+             ) -> subprocess.CompletedProcess:
+    """Run the chalice CLI; ``step`` ("deploy:prod") is the marker the guard in app.py wants."""
     cmd = [str(VENV_BIN / "chalice"), "--project-dir", str(project_dir), *args]
     print("+ chalice " + " ".join(args), flush=True)
-    return subprocess.run(cmd, env=_chalice_env(), text=True, capture_output=capture, cwd=project_dir)
+    return subprocess.run(cmd, env=_chalice_env(step), text=True, capture_output=capture, cwd=project_dir)
 
 
 def _staged_project(dest: Path) -> Path:
@@ -126,19 +146,23 @@ def package(stage: str, out: Path) -> Path:
         raise CheckFailed("package: generated .chalice files are stale; run `python scripts/deploy.py render`")
     if not (ROOT / "vendor" / "bin" / "ffmpeg").exists():
         raise CheckFailed("package: vendor/bin/ffmpeg missing; run `make vendor`")
+    if not deno_layer.LAYER_ZIP.exists():
+        raise CheckFailed(f"package: {deno_layer.LAYER_ZIP.relative_to(ROOT)} missing; run `make vendor`")
     out = Path(out).resolve()
     with tempfile.TemporaryDirectory(prefix="audio-stitch-package-") as tmp:
         project = _staged_project(Path(tmp))
         proc = _chalice("package", "--stage", stage, "--merge-template",
                         str(project / ".chalice" / f"resources-{stage}.json"), str(out),
-                        capture=True, project_dir=project)
+                        capture=True, project_dir=project, step=f"package:{stage}")
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     # Chalice only warns (and carries on) when a dependency has no Lambda-compatible wheel.
     if proc.returncode != 0 or "Could not install dependencies" in proc.stdout + proc.stderr:
         raise CheckFailed(f"package: chalice package failed ({proc.returncode})")
+    # The template's DenoLayer ContentUri is this file, relative to sam.json.
+    shutil.copy2(deno_layer.LAYER_ZIP, out / Path(infra.cloudformation.DENO_LAYER_ZIP).name)
     template = out / "sam.json"
-    print(f"package: {template} and {out / 'deployment.zip'}")
+    print(f"package: {template}, {out / 'deployment.zip'} and {out / 'deno-layer.zip'}")
     return template
 
 
@@ -196,8 +220,7 @@ def check_policy(text: str, name: str = "policy") -> list[str]:
 
 def check_policies() -> list[str]:
     problems = []
-    for stage in stages():
-        path = policy_path(stage)
+    for path in policy_paths():
         problems += check_policy(path.read_text(), path.name)
     return problems
 
@@ -268,7 +291,7 @@ def check_zip(zip_path: Path) -> list[str]:
     return problems
 
 
-# What Lambda's python3.11 runtime provides besides the standard library.
+# What Lambda's Python runtime provides besides the standard library.
 LAMBDA_RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
 
 _IMPORT_PROBE = r"""
@@ -346,11 +369,91 @@ def check_direct_upload(zip_path: Path) -> list[str]:
     return [f"zip: {size / 2**20:.1f} MiB exceeds the 50 MiB `chalice deploy` upload limit.{dup}"]
 
 
+def check_layer(layer_zip: Path, function_zip: Path) -> list[str]:
+    """The deno layer: bin/deno 0755, glibc within the runtime's, under 50 MB zipped, and the
+    function plus its layer under Lambda's 250 MB unzipped."""
+    problems = []
+    with zipfile.ZipFile(layer_zip) as zf:
+        info = zf.getinfo(deno_layer.LAYER_BINARY) if deno_layer.LAYER_BINARY in zf.namelist() else None
+        if info is None:
+            return [f"layer: {deno_layer.LAYER_BINARY} missing from {layer_zip.name}"]
+        if (info.external_attr >> 16) & 0o777 != 0o755:
+            problems.append(f"layer: {info.filename} is not mode 755")
+        with zf.open(info) as f:
+            needed = deno_layer.glibc_requirement(f.read())
+        layer_unzipped = sum(i.file_size for i in zf.infolist())
+    if needed > infra.definitions.RUNTIME_GLIBC:
+        have = ".".join(map(str, infra.definitions.RUNTIME_GLIBC))
+        problems.append(f"layer: deno needs GLIBC_{'.'.join(map(str, needed))}, {infra.LAMBDA_RUNTIME} has {have}")
+    if layer_zip.stat().st_size > LAMBDA_DIRECT_UPLOAD_LIMIT:
+        problems.append(f"layer: {layer_zip.stat().st_size / 2**20:.1f} MiB zipped exceeds the 50 MiB upload limit")
+    with zipfile.ZipFile(function_zip) as zf:
+        function_unzipped = sum(i.file_size for i in zf.infolist())
+    if function_unzipped + layer_unzipped > LAMBDA_UNZIPPED_LIMIT:
+        problems.append(f"worker: {(function_unzipped + layer_unzipped) / 2**20:.0f} MiB unzipped with its layer "
+                        "exceeds Lambda's 250 MiB")
+    return problems
+
+
+def sizes(out: Path) -> dict[str, int]:
+    """Bytes of each artifact in ``out``, zipped and unzipped (what docs/deploy.md quotes)."""
+    result = {}
+    for name in ("deployment.zip", "deno-layer.zip"):
+        path = Path(out) / name
+        with zipfile.ZipFile(path) as zf:
+            result[name] = path.stat().st_size
+            result[f"{name} unzipped"] = sum(i.file_size for i in zf.infolist())
+    return result
+
+
+def _tool(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    exe = VENV_BIN / name
+    if not exe.exists():
+        raise CheckFailed(f"check: {exe} missing; run `make install`")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd)
+
+
+def check_workflows(workflows: Path = ROOT / ".github" / "workflows") -> list[str]:
+    """zizmor (offline audits) and actionlint on .github/workflows; every finding is a problem."""
+    problems = []
+    files = sorted(str(p) for p in Path(workflows).glob("*.y*ml"))
+    proc = _tool("zizmor", "--offline", "--format", "plain", "--no-progress", *files)
+    if proc.returncode != 0:
+        problems.append(f"zizmor: {(proc.stdout + proc.stderr).strip()[-3000:]}")
+    proc = _tool("actionlint", "-no-color", *files)
+    if proc.returncode != 0:
+        problems += [f"actionlint: {ln}" for ln in proc.stdout.splitlines() if re.match(r"^\S+:\d+:\d+:", ln)] or [
+            f"actionlint: {(proc.stdout + proc.stderr).strip()[-2000:]}"]
+    return problems
+
+
+CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+
+
+def check_checkov(template: Path) -> list[str]:
+    """checkov on the merged template with .checkov.yaml (skips explained in docs/deploy.md)."""
+    if not CHECKOV.exists():
+        return [f"checkov: {CHECKOV.relative_to(ROOT)} missing; `make check` installs it"]
+    proc = subprocess.run([str(CHECKOV), "-f", str(template), "--config-file", str(ROOT / ".checkov.yaml"),
+                           "-o", "json"], capture_output=True, text=True, cwd=ROOT)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        return [f"checkov crashed ({proc.returncode}): {proc.stderr[-2000:]}"]
+    failed = report.get("results", {}).get("failed_checks", []) if isinstance(report, dict) else []
+    print(f"checkov: {report.get('summary', {})}")
+    return [f"checkov: {c['check_id']} {c['check_name']} ({c['resource']})" for c in failed]
+
+
 def check(stage: str, out: Path) -> int:
     template = package(stage, out)
-    zip_path = Path(out).resolve() / "deployment.zip"
+    out = Path(out).resolve()
+    zip_path = out / "deployment.zip"
     problems = (check_cfn_lint(template) + check_policies() + check_zip(zip_path)
-                + check_lambda_imports(zip_path, stage) + check_direct_upload(zip_path))
+                + check_lambda_imports(zip_path, stage) + check_direct_upload(zip_path)
+                + check_layer(out / "deno-layer.zip", zip_path) + check_checkov(template) + check_workflows())
+    for name, size in sizes(out).items():
+        print(f"check: {name}: {size / 2**20:.1f} MiB")
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"check: {len(problems)} problem(s)")
@@ -368,7 +471,31 @@ def _deployed(stage: str, chalice_dir: Path = CHALICE_DIR) -> dict:
 
 
 # Function settings Chalice's config cannot express (the SAM path gets them from the template).
-EPHEMERAL_MB = {"process_job": infra.WORKER_EPHEMERAL_MB, "api_handler": infra.API_EPHEMERAL_MB}
+EPHEMERAL_MB = {infra.WORKER_FUNCTION: infra.WORKER_EPHEMERAL_MB, infra.API_FUNCTION: infra.API_EPHEMERAL_MB}
+
+
+def publish_layer(stage: str, layer_zip: Path = deno_layer.LAYER_ZIP, *, client=None) -> str:
+    """Publish the deno layer unless its latest version has the same content; returns the version ARN."""
+    import base64
+    import hashlib
+
+    if client is None:
+        import boto3
+
+        client = boto3.client("lambda")
+    name = f"{infra.APP_NAME}-{stage}-deno"
+    data = Path(layer_zip).read_bytes()
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    versions = client.list_layer_versions(LayerName=name).get("LayerVersions", [])
+    for version in versions[:1]:
+        latest = client.get_layer_version_by_arn(Arn=version["LayerVersionArn"])
+        if latest.get("Content", {}).get("CodeSha256") == digest:
+            return version["LayerVersionArn"]
+    published = client.publish_layer_version(
+        LayerName=name, Content={"ZipFile": data}, CompatibleRuntimes=[infra.LAMBDA_RUNTIME],
+        CompatibleArchitectures=["x86_64"], Description="deno for yt-dlp (bin/deno)")
+    print(f"deploy: published {published['LayerVersionArn']}")
+    return published["LayerVersionArn"]
 
 
 def configure_functions(stage: str, secret: str, *, chalice_dir: Path = CHALICE_DIR, client=None) -> list[str]:
@@ -397,6 +524,26 @@ def configure_functions(stage: str, secret: str, *, chalice_dir: Path = CHALICE_
     return updated
 
 
+def set_log_retention(stage: str, days: int | None, *, client=None) -> list[str]:
+    """Retention on the log groups the functions really write to. On this path Chalice sets it on
+    /aws/lambda/<app>-<stage>-api_handler, while the REST function is named <app>-<stage>."""
+    if not days:
+        return []
+    if client is None:
+        import boto3
+
+        client = boto3.client("logs")
+    groups = [f"/aws/lambda/{infra.function_name(stage, h)}" for h in infra.FUNCTIONS]
+    for group in groups:
+        try:
+            client.create_log_group(logGroupName=group)
+        except client.exceptions.ResourceAlreadyExistsException:
+            pass
+        client.put_retention_policy(logGroupName=group, retentionInDays=days)
+    print(f"deploy: log retention {days} days on {', '.join(groups)}")
+    return groups
+
+
 def ensure_api_key(stage: str, *, chalice_dir: Path = CHALICE_DIR, client=None) -> str | None:
     """Chalice marks routes api_key_required but creates no key or usage plan; without them every
     call is refused with 403. Creates (once) a usage plan and key named after the stage and
@@ -414,7 +561,7 @@ def ensure_api_key(stage: str, *, chalice_dir: Path = CHALICE_DIR, client=None) 
     plans = [p for p in apigw.get_usage_plans(limit=500)["items"] if p["name"] == name]
     plan = plans[0] if plans else apigw.create_usage_plan(
         name=name, apiStages=[{"apiId": api_id, "stage": api_stage}],
-        throttle={"rateLimit": float(infra.API_RATE_LIMIT), "burstLimit": infra.API_BURST_LIMIT},
+        throttle={"rateLimit": float(infra.definitions.API_RATE_LIMIT), "burstLimit": infra.definitions.API_BURST_LIMIT},
     )
     if not any(s["apiId"] == api_id and s["stage"] == api_stage for s in plan.get("apiStages", [])):
         apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
@@ -428,7 +575,7 @@ def ensure_api_key(stage: str, *, chalice_dir: Path = CHALICE_DIR, client=None) 
 
 
 def deploy(stage: str) -> int:
-    """provision -> chalice deploy -> secret + /tmp size -> API key -> print the URL."""
+    """provision -> deno layer -> chalice deploy -> secret, /tmp, layer, log retention -> API key -> URL."""
     try:
         region = infra.resolve_region()  # AWS_REGION, AWS_DEFAULT_REGION, then ~/.aws/config
     except infra.ProvisionError as exc:
@@ -443,14 +590,18 @@ def deploy(stage: str) -> int:
         # SES would wait forever for a verification click nobody can make.
         raise CheckFailed(f"deploy: SENDER_EMAIL for stage {stage} is {sender}; set an address you own in "
                           ".chalice/config.json, then `python scripts/deploy.py render` (docs/deploy.md)")
-    if infra.main(["--stage", stage]) != 0:
-        return 1
-    if _chalice("deploy", "--stage", stage).returncode != 0:
-        return 1
     secret = os.environ.get("WEBHOOK_SECRET", "")
     if not secret:
-        print("deploy: WARNING: WEBHOOK_SECRET is not set; webhooks cannot be signed (docs/deploy.md)")
+        print("deploy: WARNING: WEBHOOK_SECRET is not set; the stage refuses requests with webhook_url "
+              "(docs/deploy.md, Secrets)")
+    if infra.main(["--stage", stage]) != 0:
+        return 1
+    # Chalice attaches it itself (through the guard): it resets layers on every update.
+    os.environ[WORKER_LAYERS_ENV] = publish_layer(stage)
+    if _chalice("deploy", "--stage", stage, step=f"deploy:{stage}").returncode != 0:
+        return 1
     configure_functions(stage, secret)
+    set_log_retention(stage, stage_config(stage).get("log_retention_in_days"))
     if infra.stage_settings(stage).require_api_key:
         key_id = ensure_api_key(stage)
         print(f"deploy: API key id {key_id}; value: aws apigateway get-api-key --api-key {key_id} "

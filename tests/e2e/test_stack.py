@@ -161,7 +161,9 @@ def test_webhook_is_delivered_signed_and_email_sent(stack, tmp_path):
     assert len(posts) == 1, receiver.requests
     headers, body = posts[0]
     signature = {k.lower(): v for k, v in headers.items()}["x-signature"]
-    expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    t = signature.split(",")[0].removeprefix("t=")
+    assert abs(time.time() - int(t)) < 300
+    expected = f"t={t},v1=" + hmac.new(WEBHOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(signature, expected)
     payload = json.loads(body)
     assert payload["job_id"] == job_id and payload["status"] == "succeeded"

@@ -101,7 +101,7 @@ def test_api_key_and_usage_plan_created_once(deployed):
     plans = apigw.get_usage_plans()["items"]
     assert len(plans) == 1 and plans[0]["name"] == "audio-stitch-prod"
     assert plans[0]["apiStages"] == [{"apiId": deployed["api_id"], "stage": "api"}]
-    assert plans[0]["throttle"]["burstLimit"] == infra.API_BURST_LIMIT
+    assert plans[0]["throttle"]["burstLimit"] == infra.definitions.API_BURST_LIMIT
     keys = apigw.get_api_keys()["items"]
     assert [k["id"] for k in keys] == [first] and keys[0]["enabled"]
     assert [k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plans[0]["id"])["items"]] == [first]
@@ -181,3 +181,31 @@ def test_deploy_refuses_a_placeholder_sender(monkeypatch):
     monkeypatch.setattr(infra, "main", lambda argv: pytest.fail("provision ran"))
     with pytest.raises(SystemExit, match="SENDER_EMAIL for stage prod is a@example.com"):
         deploy.deploy("prod")
+
+
+def test_log_retention_lands_on_the_groups_the_functions_write_to():
+    with mock_aws():
+        logs = boto3.client("logs", region_name=REGION)
+        # What Chalice's deploy leaves: retention on a group no function writes to.
+        logs.create_log_group(logGroupName="/aws/lambda/audio-stitch-prod-api_handler")
+        logs.create_log_group(logGroupName="/aws/lambda/audio-stitch-prod")  # exists already: kept
+        groups = deploy.set_log_retention("prod", 90, client=logs)
+        assert groups == ["/aws/lambda/audio-stitch-prod", "/aws/lambda/audio-stitch-prod-process_job",
+                          "/aws/lambda/audio-stitch-prod-sweep_jobs"]
+        days = {g["logGroupName"]: g.get("retentionInDays") for g in logs.describe_log_groups()["logGroups"]}
+        assert {days[g] for g in groups} == {90}
+        assert deploy.set_log_retention("prod", None, client=logs) == []
+
+
+def test_layer_is_published_once_per_content(tmp_path):
+    layer = tmp_path / "layer.zip"
+    with zipfile.ZipFile(layer, "w") as zf:
+        zf.writestr("bin/deno", "#!/bin/sh\n")
+    with mock_aws():
+        lam = boto3.client("lambda", region_name=REGION)
+        first = deploy.publish_layer("prod", layer, client=lam)
+        assert first.endswith(":layer:audio-stitch-prod-deno:1")
+        assert deploy.publish_layer("prod", layer, client=lam) == first
+        with zipfile.ZipFile(layer, "a") as zf:
+            zf.writestr("bin/README", "changed")
+        assert deploy.publish_layer("prod", layer, client=lam).endswith(":layer:audio-stitch-prod-deno:2")

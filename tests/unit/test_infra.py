@@ -9,6 +9,7 @@ import pytest
 from moto import mock_aws
 
 import infra
+from chalicelib import jobs
 from chalicelib.config import Settings
 
 REGION = "us-east-1"
@@ -95,7 +96,7 @@ def test_jobs_table_on_demand_with_ttl(aws, settings):
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert out["table_arn"] == table["TableArn"]
     ttl = ddb.describe_time_to_live(TableName="jobs-t")["TimeToLiveDescription"]
-    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": infra.JOB_TTL_ATTRIBUTE}
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": jobs.TTL_ATTRIBUTE}
 
 
 def test_sender_identity_and_idempotence(aws, settings):
@@ -192,11 +193,61 @@ def test_provision_without_credentials_says_so(monkeypatch, tmp_path, capsys):
     assert "no AWS credentials" in capsys.readouterr().err
 
 
-def test_jobs_store_uses_the_table_ttl_attribute():
-    # jobs.py keeps its own copy so the REST path need not import infra; they must agree.
-    from chalicelib import jobs
+def test_table_key_and_ttl_come_from_the_jobs_module(settings, monkeypatch):
+    # One source: renaming the attribute in jobs.py renames it in every rendering.
+    monkeypatch.setattr(jobs, "TTL_ATTRIBUTE", "gone_at")
+    monkeypatch.setattr(jobs, "KEY", "jid")
+    table = infra.cloudformation_template(settings)["Resources"]["JobsTable"]["Properties"]
+    assert table["TimeToLiveSpecification"]["AttributeName"] == "gone_at"
+    assert table["KeySchema"] == [{"AttributeName": "jid", "KeyType": "HASH"}]
 
-    assert jobs.TTL_ATTRIBUTE == infra.JOB_TTL_ATTRIBUTE
+
+def test_table_has_point_in_time_recovery(aws, settings):
+    infra.ensure_resources(settings, aws)
+    backups = aws["dynamodb"].describe_continuous_backups(TableName="jobs-t")["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+    table = infra.cloudformation_template(settings)["Resources"]["JobsTable"]
+    assert table["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["DeletionPolicy"] == "Retain"
+
+
+def test_buckets_refuse_plain_http(aws, settings):
+    # Only on real AWS by default (moto ignores the condition and would deny everything).
+    infra.ensure_resources(settings, aws)
+    with pytest.raises(aws["s3"].exceptions.ClientError):
+        aws["s3"].get_bucket_policy(Bucket="in-t")
+    infra.ensure_resources(settings, aws, bucket_policies=True)
+    res = infra.cloudformation_template(settings)["Resources"]
+    for logical_id, bucket in (("InputBucket", "in-t"), ("OutputBucket", "out-t")):
+        live = json.loads(aws["s3"].get_bucket_policy(Bucket=bucket)["Policy"])
+        (deny,) = live["Statement"]
+        assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert set(deny["Resource"]) == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+        rendered = res[f"{logical_id}Policy"]["Properties"]
+        assert rendered["Bucket"] == {"Ref": logical_id} and rendered["PolicyDocument"] == live
+
+
+def test_queues_are_retained_when_the_stack_goes(settings):
+    res = infra.cloudformation_template(settings)["Resources"]
+    for logical_id in ("JobsQueue", "JobsDeadLetterQueue", "InputBucket", "OutputBucket", "JobsTable"):
+        assert (res[logical_id]["DeletionPolicy"], res[logical_id]["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
+def test_alarms_on_dead_letters_and_worker_errors(aws, settings):
+    infra.ensure_resources(settings, aws)
+    live = {a["AlarmName"]: a for a in boto3.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"]}
+    dlq = live["audio-stitch-t-dlq-not-empty"]
+    assert (dlq["Namespace"], dlq["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": "jobs-dlq-t.fifo"}]
+    assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    errors = live["audio-stitch-t-worker-errors"]
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": "audio-stitch-t-process_job"}]
+    res = infra.cloudformation_template(settings)["Resources"]
+    assert res["WorkerErrorsAlarm"]["Properties"]["Dimensions"] == [{"Name": "FunctionName",
+                                                                    "Value": {"Ref": "ProcessJob"}}]
+    # Re-running converges (PutMetricAlarm replaces by name).
+    infra.ensure_resources(settings, aws)
+    assert len(boto3.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"]) == 2
 
 
 def test_cloudformation_describes_what_provision_creates(aws, settings):
@@ -223,7 +274,7 @@ def test_cloudformation_describes_what_provision_creates(aws, settings):
     assert res["JobsDeadLetterQueue"]["Properties"]["QueueName"] == "jobs-dlq-t.fifo"
     table = res["JobsTable"]["Properties"]
     assert table["TableName"] == "jobs-t" and table["BillingMode"] == "PAY_PER_REQUEST"
-    assert table["TimeToLiveSpecification"] == {"AttributeName": infra.JOB_TTL_ATTRIBUTE, "Enabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": jobs.TTL_ATTRIBUTE, "Enabled": True}
     assert res["SenderIdentity"]["Properties"]["EmailIdentity"] == "sender@example.com"
 
 

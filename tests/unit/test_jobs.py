@@ -50,7 +50,7 @@ def store(aws):
 
 
 def test_ttl_attribute_matches_the_table_definition():
-    assert TTL_ATTRIBUTE == infra.JOB_TTL_ATTRIBUTE
+    assert TTL_ATTRIBUTE == infra.stage_resources(Settings()).table.ttl_attribute
 
 
 def test_create_is_conditional_and_sets_ttl(store, aws):

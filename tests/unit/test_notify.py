@@ -24,11 +24,40 @@ def notifier(settings=LOOPBACK, ses=None):
     return n
 
 
-def test_sign_is_hmac_sha256_of_the_exact_bytes():
+def test_sign_is_hmac_sha256_of_timestamp_dot_body():
     body = b'{"a":1}'
-    expected = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
-    assert sign(body, "k") == expected
-    assert verify(body, "k", expected) and not verify(body + b" ", "k", expected) and not verify(body, "k", "")
+    expected = "t=1700000000,v1=" + hmac.new(b"k", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(body, "k", timestamp=1700000000) == expected
+    now = 1700000000 + 10
+    assert verify(body, "k", expected, now=now)
+    assert not verify(body + b" ", "k", expected, now=now)
+    assert not verify(body, "other", expected, now=now)
+    assert not verify(body, "k", "", now=now) and not verify(body, "k", "v1=abc", now=now)
+    # The timestamp is covered by the MAC: moving it forward breaks the signature.
+    assert not verify(body, "k", expected.replace("t=1700000000", "t=1700000100"), now=now)
+
+
+def test_verify_rejects_replays_outside_five_minutes():
+    body = b"{}"
+    header = sign(body, "k", timestamp=1_000_000)
+    assert verify(body, "k", header, now=1_000_000 + 300) and verify(body, "k", header, now=1_000_000 - 300)
+    assert not verify(body, "k", header, now=1_000_000 + 301)
+    assert not verify(body, "k", header, now=1_000_000 - 301)
+
+
+def test_the_readme_snippet_verifies_a_real_signature():
+    # The receiver code users copy must agree with what we send.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = re.search(r"```python\n(# verify-webhook.*?)```", readme, re.S).group(1)
+    body = b'{"job_id":"j"}'
+    namespace = {}
+    exec(snippet, namespace)
+    assert namespace["verify_webhook"](body, sign(body, "k"), "k") is True
+    assert namespace["verify_webhook"](body, sign(body, "k", timestamp=1), "k") is False
+    assert namespace["verify_webhook"](body + b"x", sign(body, "k"), "k") is False
 
 
 def test_webhook_posts_signed_job_json():

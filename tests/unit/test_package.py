@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+import deno_layer  # noqa: E402
 import deploy  # noqa: E402
 import vendor_ffmpeg  # noqa: E402
 
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def packaged(tmp_path_factory):
     vendor_ffmpeg.vendor()
+    deno_layer.build()
     out = tmp_path_factory.mktemp("package")
     template = deploy.package(STAGE, out)
     return json.loads(template.read_text()), template, out / "deployment.zip"
@@ -77,16 +79,31 @@ def test_template_has_the_stage_resources_and_function_settings(packaged):
         assert env["REQUIRE_API_KEY"] == "true" and env["ALLOW_LOOPBACK_URLS"] == "false"
         assert env["QUEUE_NAME"] == settings.queue_name
     assert template["Parameters"]["WebhookSecret"]["NoEcho"] is True
-    # Both generated roles carry exactly the committed policy (autogen_policy is off).
-    policy = json.loads(deploy.policy_path(STAGE).read_text())
-    for role in ("ProcessJobRole", "ApiHandlerRole"):
+    # One role per function, each carrying exactly its committed policy (autogen_policy is off).
+    for role, handler in (("ProcessJobRole", infra.WORKER_FUNCTION), ("ApiHandlerRole", infra.API_FUNCTION)):
+        policy = json.loads(deploy.policy_path(STAGE, handler).read_text())
         assert res[role]["Properties"]["Policies"][0]["PolicyDocument"] == policy
+    assert props["Role"] == {"Fn::GetAtt": ["ProcessJobRole", "Arn"]} and api["Role"] == {
+        "Fn::GetAtt": ["ApiHandlerRole", "Arn"]}
+    # The runtime is pinned whatever Python ran chalice (here: the suite's), and the worker has deno.
+    assert props["Runtime"] == api["Runtime"] == infra.LAMBDA_RUNTIME
+    assert props["Layers"] == [{"Ref": "DenoLayer"}]
+    assert res["DenoLayer"]["Properties"]["ContentUri"] == "./deno-layer.zip"
+    assert res["DenoLayer"]["Properties"]["CompatibleRuntimes"] == [infra.LAMBDA_RUNTIME]
+    assert props["ReservedConcurrentExecutions"] == deploy.stage_config(STAGE)["lambda_functions"][
+        "process_job"]["reserved_concurrency"]
+    # Deterministic names: the log-group grants and the alarms point at these.
+    assert props["FunctionName"] == infra.function_name(STAGE, "process_job")
+    assert api["FunctionName"] == infra.function_name(STAGE, "api_handler")
     # POST routes need a key, and a usage plan + key exist to present one.
     swagger = res["RestAPI"]["Properties"]["DefinitionBody"]
     assert swagger["paths"]["/stitch"]["post"].get("security") == [{"api_key": []}]
     assert res["RestAPI"]["Properties"]["Auth"]["UsagePlan"]["CreateUsagePlan"] == "PER_API"
     # The log group Chalice emits must reference the function that exists.
     assert res["ApiHandlerLogGroup"]["Properties"]["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${APIHandler}"}
+    days = deploy.stage_config(STAGE)["log_retention_in_days"]
+    for group in ("ApiHandlerLogGroup", "ProcessJobLogGroup"):
+        assert res[group]["Properties"]["RetentionInDays"] == days
 
 
 def test_policies_pass_parliament_without_star_resources():
@@ -124,6 +141,26 @@ def test_zip_has_runnable_ffmpeg_and_every_dependency(packaged):
                    for n in names)
     tooling = {"local.py", "localapi.py", "localworker.py", "infra.py", "cli.py", "__main__.py"}
     assert not [n for n in names if n.startswith("chalicelib/") and Path(n).name in tooling]
+    # The CLI's progress bar is not a runtime dependency; yt-dlp's challenge solver scripts are.
+    assert not any(n.startswith("tqdm/") for n in names)
+    assert {"yt_dlp_ejs/yt/solver/core.min.js", "yt_dlp_ejs/yt/solver/lib.min.js"} <= names
+
+
+def test_nothing_lambda_runs_imports_tqdm():
+    import re
+
+    files = [ROOT / "app.py", *(ROOT / "chalicelib").rglob("*.py")]
+    assert not [p for p in files if re.search(r"^\s*(from|import) tqdm", p.read_text(), re.M)]
+
+
+def test_worker_and_its_layer_fit_lambda_limits(packaged):
+    _, template, zip_path = packaged
+    layer = template.parent / "deno-layer.zip"
+    assert deploy.check_layer(layer, zip_path) == []
+    sizes = deploy.sizes(template.parent)
+    assert sizes["deployment.zip"] <= deploy.LAMBDA_DIRECT_UPLOAD_LIMIT
+    assert sizes["deno-layer.zip"] <= deploy.LAMBDA_DIRECT_UPLOAD_LIMIT
+    assert sizes["deployment.zip unzipped"] + sizes["deno-layer.zip unzipped"] <= deploy.LAMBDA_UNZIPPED_LIMIT
 
 
 def test_package_imports_with_only_the_zip_and_the_lambda_runtime(packaged):

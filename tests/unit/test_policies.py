@@ -45,8 +45,12 @@ def test_stage_config(stage):
     assert set(env) <= known, set(env) - known
     assert "WEBHOOK_SECRET" not in env, "the webhook secret must never be committed"
     assert "AWS_ENDPOINT_URL" not in env
-    assert cfg["autogen_policy"] is False and cfg["iam_policy_file"] == f"policy-{stage}.json"
+    assert cfg["autogen_policy"] is False and "iam_policy_file" not in cfg
+    for handler in (infra.API_FUNCTION, infra.WORKER_FUNCTION):
+        # Its own policy file gives each function its own role (Chalice: <app>-<stage>-<handler>).
+        assert cfg["lambda_functions"][handler]["iam_policy_file"] == infra.policy_file(stage, handler)
     worker = cfg["lambda_functions"]["process_job"]
+    assert worker["reserved_concurrency"] >= 1
     assert worker["lambda_memory_size"] >= 2048 and worker["lambda_timeout"] == settings.worker_timeout_seconds
     api = cfg["lambda_functions"]["api_handler"]
     assert api["lambda_memory_size"] <= 1024 and api["lambda_timeout"] <= 30
@@ -59,8 +63,36 @@ def test_stage_config(stage):
     assert env.get("ALLOW_LOOPBACK_URLS", "false") == "false"
 
 
-def _statements(stage):
-    return json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text())["Statement"]
+def _statements(stage, handler=None):
+    handlers = [handler] if handler else list(infra.FUNCTIONS)
+    return [st for h in handlers
+            for st in json.loads((ROOT / ".chalice" / infra.policy_file(stage, h)).read_text())["Statement"]]
+
+
+def _granted(stage, handler):
+    return {(a, r) for st in _statements(stage, handler) for a in st["Action"] for r in st["Resource"]}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_function_has_only_its_own_grants(stage):
+    settings = infra.stage_settings(stage)
+    queue = f"arn:aws:sqs:*:*:{settings.queue_name}"
+    api, worker = _granted(stage, infra.API_FUNCTION), _granted(stage, infra.WORKER_FUNCTION)
+    # The REST function enqueues; it can neither take jobs off the queue nor delete them.
+    assert ("sqs:SendMessage", queue) in api
+    assert not {a for a, _ in api} & {"sqs:ReceiveMessage", "sqs:DeleteMessage", "ses:SendEmail"}
+    assert {("sqs:ReceiveMessage", queue), ("sqs:DeleteMessage", queue)} <= worker
+    # The worker sends only poison messages, and only to the dead-letter queue.
+    assert {r for a, r in worker if a == "sqs:SendMessage"} == {f"arn:aws:sqs:*:*:{settings.dlq_name}"}
+    # The sweeper re-sends stale jobs and reads the table; it never touches the buckets or takes messages.
+    sweeper = _granted(stage, infra.SWEEPER_FUNCTION)
+    assert {("sqs:SendMessage", queue), ("dynamodb:Scan", f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}")} <= sweeper
+    assert not {a for a, _ in sweeper} & {"sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:GetObject", "s3:PutObject"}
+    # Each writes its own log group only.
+    for handler in infra.FUNCTIONS:
+        granted = _granted(stage, handler)
+        logs = {r for a, r in granted if a == "logs:PutLogEvents"}
+        assert logs == {f"arn:aws:logs:*:*:log-group:/aws/lambda/{infra.function_name(stage, handler)}:*"}
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -145,7 +177,7 @@ def _aws_calls() -> dict[str, list[str]]:
 def test_policy_grants_exactly_what_the_code_calls(stage):
     calls = _aws_calls()
     unknown = {name: where for name, where in calls.items() if name not in CALL_ACTIONS}
-    assert not unknown, f"new AWS calls {unknown}: grant them in infra.iam_policy, then map them here"
+    assert not unknown, f"new AWS calls {unknown}: grant them in infra/iam.py, then map them here"
     needed = set().union(*(CALL_ACTIONS[name] for name in calls)) | PLATFORM_ACTIONS
     granted = {a for st in _statements(stage) for a in st["Action"]}
     assert granted - needed == set(), "granted but never used"

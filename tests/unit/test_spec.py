@@ -106,6 +106,31 @@ def test_url_parts_and_webhook_go_through_the_ssrf_guard():
     assert s.parts[0].url == "http://127.0.0.1/a.mp3"
 
 
+def test_webhook_url_refused_where_webhooks_could_not_be_signed():
+    deployed = Settings(require_webhook_secret=True, allow_loopback_urls=True)
+    body = {"message_parts": ["a"], "webhook_url": "http://127.0.0.1:9/hook"}
+    with pytest.raises(BadRequest) as info:
+        parse_request(body, deployed)
+    assert info.value.field == "webhook_url" and info.value.status == 400
+    assert "WEBHOOK_SECRET" in info.value.message
+    # With a secret, or where unsigned webhooks are allowed (tests, the bare local default), it passes.
+    from dataclasses import replace
+
+    assert parse_request(body, replace(deployed, webhook_secret="k")).webhook_url == body["webhook_url"]
+    assert parse_request(body, replace(deployed, require_webhook_secret=False)).webhook_url == body["webhook_url"]
+    # The worker re-reads stored specs without the REST checks.
+    assert parse_request(body, deployed, check_urls=False).webhook_url == body["webhook_url"]
+
+
+def test_every_stage_requires_a_webhook_secret():
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).resolve().parents[2] / ".chalice" / "config.json").read_text())
+    for stage in config["stages"].values():
+        assert stage["environment_variables"]["REQUIRE_WEBHOOK_SECRET"] == "true"
+
+
 @pytest.mark.parametrize("raw", [b"", b"   ", b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", None])
 def test_parse_body_rejects_what_is_not_a_json_object(raw):
     with pytest.raises(BadRequest) as info:
