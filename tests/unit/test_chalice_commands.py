@@ -53,7 +53,9 @@ def aws(moto, monkeypatch):
     urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset", method="POST")).read()
     for k, v in _aws_env(moto.url).items():
         monkeypatch.setenv(k, v)
-    return lambda name: boto3.client(name, region_name=REGION, endpoint_url=moto.url)
+    # A session of its own: boto3's default session would cache these dummy credentials for later tests.
+    session = boto3.session.Session()
+    return lambda name: session.client(name, region_name=REGION, endpoint_url=moto.url)
 
 
 def _aws_env(url: str) -> dict:
