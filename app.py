@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from chalice import Chalice, Response
+from chalice import Chalice, CORSConfig, Rate, Response
 
 from chalicelib import telemetry
 from chalicelib.config import Settings, get_settings
@@ -39,23 +39,73 @@ telemetry.configure_logging(app.log, _lib_log)
 
 # Read when Chalice loads the app, with the stage's environment (deploy, package and local alike).
 _REQUIRE_API_KEY = Settings.from_env().require_api_key
-_service = None
 
 
-def get_service():
-    """The process-wide service, built on first use (boto3 clients included)."""
-    global _service
-    if _service is None:
+def _cors(origins: tuple[str, ...]) -> CORSConfig | None:
+    """CORS_ALLOW_ORIGINS as Chalice's CORSConfig (every route; API Gateway answers the preflight).
+
+    API Gateway's preflight carries one fixed origin, so a list of several keeps the first (logged).
+    """
+    if not origins:
+        return None
+    if len(origins) > 1:
+        log.warning("CORS_ALLOW_ORIGINS has %d origins; API Gateway allows one: using %s", len(origins), origins[0])
+    return CORSConfig(allow_origin=origins[0], allow_headers=["x-api-key"], expose_headers=["Retry-After"],
+                      max_age=600)
+
+
+app.api.cors = _cors(Settings.from_env().cors_allow_origins)
+_services: dict[str, object] = {}
+
+
+def get_service(role: str = "api"):
+    """The process-wide service for ``role``, built on first use (boto3 clients included).
+
+    ``api`` clients have short deadlines (a hung AWS call answers 503 well inside API Gateway's
+    29 s); the ``worker``'s (the SQS handler and the sweeper) are patient.
+    """
+    if role not in _services:
         from chalicelib.bootstrap import build_service
 
-        _service = build_service(get_settings())
-    return _service
+        _services[role] = build_service(get_settings(), role=role)
+    return _services[role]
 
 
 def set_service(service) -> None:
-    """Inject a service (tests, the local stack); ``None`` rebuilds from settings on next use."""
-    global _service
-    _service = service
+    """Inject a service for every role (tests, the local stack); ``None`` rebuilds from settings on next use."""
+    _services.clear()
+    if service is not None:
+        _services.update(api=service, worker=service)
+
+
+# Chalice answers some requests itself, before a view runs, as {"Code", "Message"}: rewritten to
+# the documented error shape. (API Gateway's own answers, e.g. the 403 for an unknown route, never
+# reach Lambda: see docs/TROUBLESHOOTING.md.)
+_CHALICE_ERRORS = {
+    "MethodNotAllowedError": ("method_not_allowed", "method"),
+    "UnsupportedMediaType": ("unsupported_media_type", "Content-Type"),
+    "BadRequest": ("bad_request", "Accept"),
+    "InternalServerError": ("internal_error", None),
+}
+
+
+@app.middleware("http")
+def _error_shape(event, get_response):
+    response = get_response(event)
+    body = response.body
+    if isinstance(body, dict) and set(body) == {"Code", "Message"} and body["Code"] in _CHALICE_ERRORS:
+        code, field = _CHALICE_ERRORS[body["Code"]]
+        message = body["Message"]
+        if code == "method_not_allowed":
+            message += f" on {event.path}; allowed: {response.headers.get('Allow', '')}"
+        elif code == "unsupported_media_type":
+            message += "; send Content-Type: application/json"
+        elif code == "internal_error":
+            message = "internal error"
+        response.body = {"error": {"code": code, "message": message, **({"field": field} if field else {})}}
+        response.headers["Content-Type"] = "application/json"
+        log.info("%s %s %d error=%s", event.method, event.path, response.status_code, code)
+    return response
 
 
 def _json_body() -> dict:
@@ -95,17 +145,16 @@ def _respond(action) -> Response:
     started = time.monotonic()
     try:
         status, body = action()
-    except StitchError as exc:
-        status, body = exc.status, {"error": exc.to_dict()}
-        if status >= 500 and status != 503:
-            # An untyped failure (e.g. ffmpeg died): its details are for the log, not the client.
-            log.error("error on %s %s: %s", request.method, request.path, exc, exc_info=True)
-            body = {"error": {"code": exc.code, "message": "internal error"}}
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        status, body = 500, {"error": {"code": "internal_error", "message": "internal error"}}
+    except Exception as exc:
+        from chalicelib.faults import public_error
+
+        error = public_error(exc, where=f"{request.method} {request.path}")
+        if error is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = StitchError("internal error")
+        status, body = error.status, {"error": error.to_dict()}
     headers = {"Content-Type": "application/json"}
-    if status == 503:
+    if status in (503, 507):
         headers["Retry-After"] = "5"
     ident = body.get("job_id") or body.get("cache_key") or body.get("key") or ""
     code = body.get("error", {}).get("code", "") if status >= 400 else ""
@@ -145,6 +194,24 @@ def health():
     return _handle(lambda: (200, {"status": "ok", "engine_version": ENGINE_VERSION, "stage": get_settings().stage}))
 
 
+def _asset(name: str) -> Response:
+    from chalicelib.assets import asset
+
+    body, content_type = asset(name)
+    return Response(body=body, status_code=200, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+
+
+@app.route("/", methods=["GET"])
+def page():
+    """The web page: a static file, no build step."""
+    return _asset("index.html")
+
+
+@app.route("/openapi.json", methods=["GET"])
+def openapi():
+    return _asset("openapi.json")
+
+
 @app.on_sqs_message(queue=os.environ.get("QUEUE_NAME", Settings.queue_name), batch_size=1)
 def process_job(event):
     """One job per message. Raising makes SQS redeliver it (and, after maxReceiveCount, dead-letter it)."""
@@ -153,11 +220,26 @@ def process_job(event):
         receive_count = int(raw.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             job_id = json.loads(record.body)["job_id"]
-        except (ValueError, KeyError, TypeError):
-            # Retrying cannot fix a malformed message; drop it with a trace in the log.
-            log.error("dropping malformed job message: %.200r", record.body)
+            if not isinstance(job_id, str):
+                raise TypeError(f"job_id is a {type(job_id).__name__}")
+        except (ValueError, KeyError, TypeError) as exc:
+            # Retrying cannot fix it: straight to the dead-letter queue, with the reason, for a human.
+            reason = f"not a job message ({type(exc).__name__}: {exc})"
+            log.error("malformed job message moved to the dead-letter queue: %s: %.200r", reason, record.body)
+            service = get_service("worker")
+            service.queue.dead_letter(service.settings.dlq_name, record.body, reason)
             continue
         _run_job(job_id, receive_count)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def sweep_jobs(event):
+    """Every minute: send again the jobs whose worker stopped heartbeating (see chalicelib/sweeper.py)."""
+    from chalicelib.sweeper import sweep
+
+    report = sweep(get_service("worker"))
+    if report.requeued or report.failed:
+        log.info("%s", report)
 
 
 def _run_job(job_id: str, receive_count: int) -> None:
@@ -167,7 +249,7 @@ def _run_job(job_id: str, receive_count: int) -> None:
     with telemetry.invocation("worker", request_id=getattr(context, "aws_request_id", None), job_id=job_id,
                               stage=get_settings().stage):
         try:
-            outcome = get_service().run_job(job_id, receive_count=receive_count)
+            outcome = get_service("worker").run_job(job_id, receive_count=receive_count)
         except Exception:
             telemetry.metric("JobsRetried", 1)
             raise

@@ -11,6 +11,8 @@ Results are dataclasses; an error answer is raised as ApiError (its ``code``, ``
 """
 from __future__ import annotations
 
+import http.client
+import itertools
 import json
 import mimetypes
 import os
@@ -188,7 +190,7 @@ class Client:
              sleep=time.sleep) -> StitchResult:
         """Poll until the job is done; its result, or JobFailed. ``progress`` gets 0..1."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             job = self.job(job_id)
             if progress is not None:
                 progress(1.0 if job.status == "succeeded" else job.progress)
@@ -199,7 +201,7 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise ClientError(f"job {job_id} still {job.status} after {timeout:g} s")
             sleep(POLL_INTERVALS[min(attempt, len(POLL_INTERVALS) - 1)])
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable")  # itertools.count() never ends
 
     def stitch(self, message_parts: list, *, progress: Progress | None = None, timeout: float | None = None,
                **options) -> StitchResult:
@@ -216,6 +218,13 @@ class Client:
         """Upload a local file through a presigned link; returns its key. ``progress`` gets bytes sent."""
         path = Path(path)
         slot = self.create_upload(filename or path.name)
+        self.send_file(slot, path, progress=progress)
+        return slot.key
+
+    def send_file(self, slot: UploadSlot, path: str | os.PathLike, *,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Send a file's bytes to an upload slot (PUT body, or presigned POST form)."""
+        path = Path(path)
         size = path.stat().st_size
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if slot.method == "POST":
@@ -224,8 +233,7 @@ class Client:
             body, length, ctype = _file_chunks(path, progress), size, content_type
         request = urllib.request.Request(slot.url, data=body, method=slot.method,
                                          headers={"Content-Length": str(length), "Content-Type": ctype})
-        self._send(request, what="upload")
-        return slot.key
+        self._send(request, what=f"upload of {path.name}")
 
     def download(self, result: StitchResult | str, path: str | os.PathLike, *,
                  progress: Callable[[int, int | None], None] | None = None) -> Path:
@@ -240,11 +248,19 @@ class Client:
                 total = resp.headers.get("Content-Length")
                 total = int(total) if total and total.isdigit() else None
                 done = 0
-                while chunk := resp.read(CHUNK):
+                while True:
+                    try:
+                        chunk = resp.read(CHUNK)
+                    except (http.client.HTTPException, OSError) as exc:  # cut off, reset, timed out
+                        raise ConnectionFailed(f"download cut off after {done} bytes: {exc!r}") from None
+                    if not chunk:
+                        break
                     out.write(chunk)
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
+                if total is not None and done != total:
+                    raise ConnectionFailed(f"download cut off after {done} of {total} bytes")
             os.chmod(tmp, 0o644 & ~_umask())
             os.replace(tmp, path)
         except BaseException:

@@ -38,14 +38,29 @@ class LazyClient:
         return getattr(self.client, name)
 
 
-def build_service(settings: Settings | None = None, **overrides) -> StitchService:
-    """Wire the real adapters to boto3 clients (AWS_ENDPOINT_URL is honoured by boto3 itself)."""
+# The REST path's AWS deadlines: a hung call costs at most 2 x (1 + 3) s plus a backoff, and a
+# request makes its calls one after another, so the first hung one answers 503 in under 10 s.
+API_CONNECT_TIMEOUT_S = 1
+API_READ_TIMEOUT_S = 3
+API_MAX_ATTEMPTS = 2
+
+
+def build_service(settings: Settings | None = None, *, role: str = "worker", **overrides) -> StitchService:
+    """Wire the real adapters to boto3 clients (AWS_ENDPOINT_URL is honoured by boto3 itself).
+
+    ``role="api"``: short connect/read timeouts and one retry, so a request whose AWS call hangs
+    answers 503 within a few seconds rather than at API Gateway's 29 s; the worker waits longer.
+    """
     import boto3
     from botocore.config import Config
 
     settings = settings or get_settings()
     session = boto3.session.Session(region_name=settings.aws_region)
-    base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
+    if role == "api":
+        base = Config(retries={"mode": "standard", "total_max_attempts": API_MAX_ATTEMPTS},
+                      connect_timeout=API_CONNECT_TIMEOUT_S, read_timeout=API_READ_TIMEOUT_S)
+    else:
+        base = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60)
 
     def client(name: str, config: Config = base) -> LazyClient:
         return LazyClient(lambda: session.client(name, config=config))

@@ -39,8 +39,15 @@ class Settings:
     max_receive_count: int = 3
     jobs_table: str = "audio-stitch-jobs-dev"
     job_ttl_days: int = 14
-    job_lease_seconds: int = 960
+    # The running attempt renews its lease every HEARTBEAT_SECONDS; the sweeper (every minute)
+    # sends a job whose lease ran out again: a killed worker's job runs again within
+    # lease + 60 s + a poll, and a lease of two heartbeats and a bit survives one slow write.
+    job_lease_seconds: int = 45
+    heartbeat_seconds: int = 20
+    max_attempts: int = 3
     presign_ttl_seconds: int = 3600
+    # Largest file a POST /uploads link accepts (S3 enforces it: the policy's content-length-range).
+    max_upload_bytes: int = 512 * 1024 * 1024
     inline_max_bytes: int = 25 * 1024 * 1024
     # Inline budget when the result needs a re-encode rather than a frame-level MP3 copy: encoding
     # ran at about 2 MB of 128k MP3 input per second on a 2-core dev box, the API function has about
@@ -61,6 +68,8 @@ class Settings:
     allowed_url_ports: tuple[int, ...] = ()
     # POST routes need an API key (x-api-key); true in every deployed stage.
     require_api_key: bool = False
+    # Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
+    cors_allow_origins: tuple[str, ...] = ()
     work_dir: str = "/tmp"
     worker_timeout_seconds: int = 900
     aws_region: str = field(default="us-east-1")

@@ -84,3 +84,17 @@ class TransientError(StitchError):
 def part_label(index: int, name: str | None) -> str:
     """``part 3 (b.txt)`` — the prefix every per-part error message starts with."""
     return f"part {index} ({name})" if name else f"part {index}"
+
+
+class InsufficientStorage(StitchError):
+    """The work dir (Lambda's /tmp) ran out of space: retry later, it is not the request's fault."""
+
+    status = 507
+    code = "insufficient_storage"
+    permanent = False
+
+
+class ServiceUnavailable(TransientError):
+    """AWS cannot be reached or called (no credentials, no region, endpoint down): 503, Retry-After."""
+
+    code = "service_unavailable"

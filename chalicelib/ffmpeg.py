@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,3 +52,30 @@ def ffmpeg_binary() -> str:
 def ffmpeg_command(*args: str, loglevel: str = "error") -> list[str]:
     """The argv of one quiet, non-interactive ffmpeg run: ``ffmpeg -hide_banner -nostdin ... args``."""
     return [ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, *args]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@lru_cache(maxsize=1)
+def _prctl():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved now: nothing is looked up after fork
+    except (OSError, AttributeError):
+        return None
+
+
+def dies_with_parent() -> dict:
+    """Popen keyword arguments that make the child (ffmpeg) get SIGKILL when the thread that
+    started it dies, even by SIGKILL or out of memory: a dead worker's encoder must not keep
+    writing into a work dir the next job clears. Linux only; elsewhere no arguments."""
+    prctl = _prctl() if sys.platform.startswith("linux") else None
+    if prctl is None:
+        return {}
+
+    def preexec() -> None:  # runs in the child between fork and exec: no locks, no imports
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return {"preexec_fn": preexec}

@@ -6,6 +6,8 @@ both own a job, and a stale worker cannot overwrite a newer attempt's outcome:
 - create: put if absent; identical requests find the record and only add their notify targets.
 - claim: ``queued`` -> ``running`` (or take over a ``running`` job whose lease expired), bumping
   ``attempts``; the attempt number fences every later write of that worker.
+- heartbeat: the running attempt extends its lease (and records progress) every HEARTBEAT_SECONDS;
+  a job whose heartbeat stopped is found by ``stale`` and sent again by the sweeper.
 - finish: ``running`` (this attempt) -> ``succeeded`` / ``failed``.
 - requeue: a finished job whose result is gone (or that failed) runs again as a new ``run``.
 - notified markers: a target is claimed for a (run, outcome) before it is sent to: at most once.
@@ -234,6 +236,51 @@ class JobStore:
         return self._update(job.job_id, expression, values, "#status = :running AND #attempts = :attempt",
                             return_new=True)
 
+    def heartbeat(self, job: Job, lease_seconds: float, progress: float | None = None) -> bool:
+        """Extend this attempt's lease (and record progress); False once another attempt owns the job."""
+        now = self.clock()
+        expression = "SET #lease_until = :lease, #updated_at = :now"
+        values = {":lease": _n(now + lease_seconds), ":now": _n(now), ":running": {"S": RUNNING},
+                  ":attempt": _n(job.attempts)}
+        if progress is not None:
+            expression += ", #progress = :p"
+            values[":p"] = _n(round(min(max(progress, 0.0), 1.0), 4))
+        return bool(self._update(job.job_id, expression, values, "#status = :running AND #attempts = :attempt"))
+
+    def stale(self) -> list[Job]:
+        """Running jobs whose lease ran out: their worker stopped heartbeating (killed, crashed, frozen).
+
+        A Scan with a filter: the table holds JOB_TTL_DAYS of jobs, and this runs once a minute.
+        """
+        from botocore.exceptions import ClientError
+
+        args = {"TableName": self.table, "FilterExpression": "#status = :running AND #lease_until < :now",
+                "ExpressionAttributeNames": {"#status": "status", "#lease_until": "lease_until"},
+                "ExpressionAttributeValues": {":running": {"S": RUNNING}, ":now": _n(self.clock())},
+                "ConsistentRead": True}
+        found = []
+        try:
+            while True:
+                page = self.db.scan(**args)
+                found += [_item_to_job(item) for item in page.get("Items", [])]
+                if "LastEvaluatedKey" not in page:
+                    return found
+                args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except ClientError as exc:
+            raise_if_transient(exc)
+            raise
+
+    def fail_stale(self, job: Job, error: dict) -> Job | None:
+        """A stale attempt -> failed (the last one allowed); None if it moved on meanwhile."""
+        now = self.clock()
+        return self._update(
+            job.job_id, "SET #status = :failed, #error = :e, #updated_at = :now, #lease_until = :zero",
+            {":failed": {"S": FAILED}, ":e": {"S": json.dumps(error)}, ":now": _n(now), ":zero": _n(0),
+             ":running": {"S": RUNNING}, ":attempt": _n(job.attempts)},
+            "#status = :running AND #attempts = :attempt AND #lease_until < :now",
+            return_new=True,
+        )
+
     def mark_notified(self, job_id: str, marker: str) -> bool:
         """Claim one notification; True exactly once per marker, whoever asks and however often."""
         return bool(self._update(
@@ -256,19 +303,41 @@ class JobQueue:
             self._url = self.sqs.get_queue_url(QueueName=self.queue_name)["QueueUrl"]
         return self._url
 
-    def send(self, job_id: str, run: int = 1) -> None:
+    def send(self, job_id: str, run: int = 1, *, after_attempt: int | None = None) -> None:
         """Enqueue a job run. Group = job id (jobs run in parallel); a repeated send is deduplicated.
 
         Run 1 uses the job id itself as the deduplication id; a re-run needs its own id, or SQS
-        would drop it as a duplicate of the first run within the 5-minute window.
+        would drop it as a duplicate of the first run within the 5-minute window. A send for a job
+        whose attempt ``after_attempt`` stopped heartbeating gets a group of its own too: that
+        attempt's message is still in flight, and it blocks its group until the visibility timeout.
         """
         from botocore.exceptions import ClientError
 
         dedup = job_id if run == 1 else f"{job_id}-{run}"
+        group = job_id
+        if after_attempt is not None:
+            dedup = group = f"{job_id}-{run}-a{after_attempt}"
         try:
             self.sqs.send_message(
                 QueueUrl=self.url, MessageBody=json.dumps({"job_id": job_id, "run": run}),
-                MessageGroupId=job_id, MessageDeduplicationId=dedup,
+                MessageGroupId=group, MessageDeduplicationId=dedup,
+            )
+        except ClientError as exc:
+            raise_if_transient(exc)
+            raise
+
+    def dead_letter(self, dlq_name: str, body: str, reason: str) -> None:
+        """Move a message no worker can use (not JSON, no job id) to the dead-letter queue, with why."""
+        import hashlib
+
+        from botocore.exceptions import ClientError
+
+        try:
+            url = self.sqs.get_queue_url(QueueName=dlq_name)["QueueUrl"]
+            self.sqs.send_message(
+                QueueUrl=url, MessageBody=body or "(empty)", MessageGroupId="malformed",
+                MessageDeduplicationId=hashlib.sha256((body or "").encode("utf-8", "replace")).hexdigest(),
+                MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:256]}},
             )
         except ClientError as exc:
             raise_if_transient(exc)

@@ -40,6 +40,15 @@ MAX_GAP_MS = 60_000
 MAX_FADE_MS = 600_000
 MAX_CROSSFADE_MS = 60_000
 MAX_GAIN_DB = 60.0
+# libvorbis refuses a bitrate outside what its modes cover for the output's rate and channels
+# (measured with the shipped ffmpeg, 1 kbit/s steps): (sample rate, channels) -> (lo, hi) kbit/s.
+VORBIS_KBPS = {
+    (8000, 1): (8, 42), (8000, 2): (12, 84), (11025, 1): (12, 50), (11025, 2): (16, 100),
+    (12000, 1): (12, 50), (12000, 2): (16, 100), (16000, 1): (16, 100), (16000, 2): (24, 200),
+    (22050, 1): (16, 90), (22050, 2): (30, 180), (24000, 1): (16, 90), (24000, 2): (30, 180),
+    (32000, 1): (30, 190), (32000, 2): (36, 320), (44100, 1): (32, 240), (44100, 2): (45, 320),
+    (48000, 1): (32, 240), (48000, 2): (45, 320),
+}
 # How parts are joined: "exact" decodes and re-encodes so the output plays exactly the parts'
 # gapless lengths; "copy" joins MP3 frames as they are (fast, keeps encoder padding at each join)
 # wherever the parts allow it; "auto" copies only where the padding kept could not be heard.
@@ -70,6 +79,26 @@ def _number(data: dict, name: str, prefix: str, *, integer: bool, lo: float, hi:
     return value
 
 
+def bitrate_range(fmt: str, rate: int, channels: int) -> tuple[int, int]:
+    """The kbit/s range the encoder of ``fmt`` accepts at this output rate and channel count."""
+    if fmt != "ogg":
+        return 8, 320
+    # An unlisted rate (an input at 96 kHz kept as is) is judged like the nearest listed one below it.
+    listed = [r for r, c in VORBIS_KBPS if c == min(channels, 2) and r <= rate] or [8000]
+    return VORBIS_KBPS[(max(listed), min(channels, 2))]
+
+
+def check_bitrate(fmt: str, bitrate: str, rate: int, channels: int, where: str = "bitrate") -> None:
+    """BadRequest naming ``where`` when the encoder would refuse ``bitrate`` for this output."""
+    lo, hi = bitrate_range(fmt, rate, channels)
+    kbps = int(bitrate.rstrip("k"))
+    if not lo <= kbps <= hi:
+        layout = "mono" if channels == 1 else "stereo"
+        raise BadRequest(f"{where} {bitrate} is outside what {fmt} can encode at {rate} Hz {layout} "
+                         f"({lo}k to {hi}k); pick a bitrate in that range, or another sample_rate or channels",
+                         field=where)
+
+
 def reject_unknown(data: dict, allowed: set[str], prefix: str = "") -> None:
     """Raise BadRequest naming the first field of ``data`` not in ``allowed``."""
     for name in data:
@@ -92,6 +121,9 @@ class PartOptions:
     def from_dict(cls, data: dict, prefix: str = "") -> PartOptions:
         start = _number(data, "start_s", prefix, integer=False, lo=0, hi=86_400)
         end = _number(data, "end_s", prefix, integer=False, lo=0, hi=86_400)
+        if end is not None and end <= 0:
+            where = _field(prefix, "end_s")
+            raise BadRequest(f"{where} must be greater than 0 (it is where the part stops), got {end:g}", field=where)
         gain = _number(data, "gain_db", prefix, integer=False, lo=-MAX_GAIN_DB, hi=MAX_GAIN_DB)
         if start is not None and end is not None and end <= start:
             where = _field(prefix, "end_s")
@@ -154,6 +186,19 @@ class Options:
             allowed = ", ".join(str(r) for r in SAMPLE_RATES)
             raise BadRequest(f"{where} must be one of {allowed}, got {rate}", field=where)
         channels = _number(data, "channels", prefix, integer=True, lo=1, hi=2)
+        if bitrate is not None:
+            # Without a rate or channel count the inputs decide: refuse only what no output could
+            # encode here; the engine checks the exact range once it knows the inputs.
+            where = _field(prefix, "bitrate")
+            if rate and channels:
+                check_bitrate(fmt, bitrate, rate, channels, where)
+            else:
+                ranges = [bitrate_range(fmt, r, c) for r in ((rate,) if rate else SAMPLE_RATES)
+                          for c in ((channels,) if channels else (1, 2))]
+                lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+                if not lo <= int(bitrate[:-1]) <= hi:
+                    raise BadRequest(f"{where} {bitrate} is outside what {fmt} can encode ({lo}k to {hi}k)",
+                                     field=where)
         gap = _number(data, "gap_ms", prefix, integer=True, lo=0, hi=MAX_GAP_MS) or 0
         crossfade = _number(data, "crossfade_ms", prefix, integer=True, lo=0, hi=MAX_CROSSFADE_MS) or 0
         if gap and crossfade:
@@ -178,6 +223,17 @@ class Options:
             loudness_lufs=float(lufs) if lufs is not None else None,
             join=join.lower(),
         )
+
+    def encoder_bitrate(self, rate: int, channels: int, default: str | None) -> str | None:
+        """The bitrate to encode with: the requested one (BadRequest if the encoder would refuse
+        it at this rate and channel count), else ``default`` brought into the encoder's range."""
+        if self.bitrate is not None:
+            check_bitrate(self.format, self.bitrate, rate, channels)
+            return self.bitrate
+        if default is None:
+            return None
+        lo, hi = bitrate_range(self.format, rate, channels)
+        return f"{min(max(int(default[:-1]), lo), hi)}k"
 
     @property
     def output_format(self) -> Format:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .errors import BadRequest, NotFound, StitchError, TransientError
+from .errors import BadRequest, NotFound, TransientError
+from .faults import public_error
 from .jobs import FAILED, SUCCEEDED, Job, JobQueue, JobStore, notify_marker
+from .lease import Heartbeat
 from .notify import Notifier
 from .options import ENGINE_VERSION, Options, reject_unknown
 from .results import StoredResult
 from .sources.base import Source
 from .spec import JOB_ID, PartIdentity, PartSpec, StitchSpec, cache_key, output_key, parse_request
-from .store import Store, as_transient
+from .store import Store
+from .workdirs import remove_abandoned, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ class Queued:
 class ProgressReporter:
     """Engine progress -> job record, throttled so a long job makes a few dozen writes, not thousands."""
 
-    def __init__(self, jobs: JobStore, job: Job, *, lo: float = 0.1, hi: float = 0.95, clock=time.monotonic):
-        self.jobs, self.job, self.lo, self.hi, self.clock = jobs, job, lo, hi, clock
+    def __init__(self, jobs: JobStore, job: Job, *, lo: float = 0.1, hi: float = 0.95, clock=time.monotonic,
+                 beat: Heartbeat | None = None):
+        self.jobs, self.job, self.lo, self.hi, self.clock, self.beat = jobs, job, lo, hi, clock, beat
         self._last_at = 0.0
         self._last = -1.0
 
@@ -83,6 +85,8 @@ class ProgressReporter:
         except (TypeError, ValueError, ZeroDivisionError, IndexError):
             return
         value = self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0)
+        if self.beat is not None:
+            self.beat.progress = value
         now = self.clock()
         if value - self._last < PROGRESS_STEP or now - self._last_at < PROGRESS_INTERVAL_S:
             return
@@ -232,17 +236,15 @@ class StitchService:
                                       self.settings.presign_ttl_seconds)
 
     # -- rendering (inline and worker) --------------------------------------------------------------
-    def _workdir(self, label: str) -> Path:
-        Path(self.settings.work_dir).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"stitch-{label[:12]}-", dir=self.settings.work_dir))
+    def _workdir(self, label: str):
+        # Lambda keeps /tmp: first clear what a killed render (ours or an earlier sandbox's) left.
+        remove_abandoned(self.settings.work_dir)
+        return work_dir(self.settings.work_dir, label)
 
     def _render_inline(self, key: str, spec: StitchSpec, identities: list[PartIdentity]) -> StoredResult:
-        workdir = self._workdir(key)
-        try:
+        with self._workdir(key) as workdir:
             paths = self._fetch(spec, identities, workdir, inline=True)
             return self._render(key, spec, paths, workdir, progress=None)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     def _fetch(self, spec: StitchSpec, identities: list[PartIdentity], workdir: Path, *, inline: bool,
                progress=None) -> dict[int, Path]:
@@ -309,11 +311,13 @@ class StitchService:
                 # Another attempt holds a live lease and will finish the job; don't fail it under it.
                 return "busy", job.attempts
             raise TransientError(f"job {job_id} is running under another attempt's lease")
-        last = receive_count >= self.settings.max_receive_count
+        s = self.settings
+        last = receive_count >= s.max_receive_count or claimed.attempts >= s.max_attempts
         try:
-            result = self._execute(claimed)
+            with Heartbeat(self.jobs, claimed, s.heartbeat_seconds, s.job_lease_seconds) as beat:
+                result = self._execute(claimed, beat)
         except Exception as exc:
-            error = exc if isinstance(exc, StitchError) else as_transient(exc)
+            error = public_error(exc, where=f"job={job_id}")
             if error is not None and error.permanent:
                 self._finish(claimed, FAILED, error=error.to_dict())
                 return "failed", claimed.attempts
@@ -322,7 +326,8 @@ class StitchService:
                 log.exception("job=%s attempt=%d: unexpected error", job_id, claimed.attempts)
             if last:
                 self._finish(claimed, FAILED, error={
-                    "code": "transient", "message": f"gave up after {receive_count} attempts: {reason}"})
+                    "code": "transient",
+                    "message": f"gave up after {max(receive_count, claimed.attempts)} attempts: {reason}"})
             else:
                 self.jobs.release(claimed)
             raise
@@ -337,13 +342,12 @@ class StitchService:
             return
         self.notify(done)
 
-    def _execute(self, job: Job) -> dict:
+    def _execute(self, job: Job, beat: Heartbeat | None = None) -> dict:
         """Settle what the request could not identify, check the content cache, fetch, render, store."""
         s = self.settings
         spec = StitchSpec.from_dict(job.spec["request"], s)
         identities = [PartIdentity.from_dict(i) if i is not None else None for i in job.spec["identities"]]
-        workdir = self._workdir(job.job_id)
-        try:
+        with self._workdir(job.job_id) as workdir:
             for src, parts in self._by_source([p for p in spec.parts if identities[p.index] is None]):
                 for p, ident in zip(parts, src.settle(parts), strict=True):
                     identities[p.index] = ident
@@ -352,13 +356,11 @@ class StitchService:
             if hit is not None:
                 return hit.to_record(cached=True)
             # Fetching is the first tenth of the progress bar, the engine the rest.
-            fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1)
+            fetching = ProgressReporter(self.jobs, job, lo=0.0, hi=0.1, beat=beat)
             paths = self._fetch(spec, identities, workdir, inline=False, progress=fetching)
-            progress = ProgressReporter(self.jobs, job)
+            progress = ProgressReporter(self.jobs, job, beat=beat)
             progress(0.0)
             return self._render(key, spec, paths, workdir, progress).to_record(cached=False)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     # -- notifications -----------------------------------------------------------------------------
     def notify(self, job: Job) -> None:
@@ -400,7 +402,8 @@ class StitchService:
 
     # -- POST /uploads -------------------------------------------------------------------------------
     def create_upload(self, body: dict) -> dict:
-        """A presigned PUT into the input bucket under ``uploads/``; the key is then usable as a part."""
+        """A presigned POST into the input bucket under ``uploads/`` (at most MAX_UPLOAD_BYTES); the key
+        is then usable as a part."""
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", field="body")
         reject_unknown(body, {"filename"})
@@ -414,5 +417,7 @@ class StitchService:
                              field="filename")
         s = self.settings
         key = f"{s.uploads_prefix}{uuid.uuid4().hex}/{name}"
-        url, expires_at = self.store.presign_put(s.bucket_input, key, s.presign_ttl_seconds)
-        return {"key": key, "upload_url": url, "method": "PUT", "expires_at": expires_at}
+        url, fields, expires_at = self.store.presign_post(s.bucket_input, key, s.presign_ttl_seconds,
+                                                          s.max_upload_bytes)
+        return {"key": key, "upload_url": url, "method": "POST", "fields": fields,
+                "max_bytes": s.max_upload_bytes, "expires_at": expires_at}

@@ -24,6 +24,10 @@ MAX_EMAIL_CHARS = 254
 _EMAIL = re.compile(r"^[^@\s<>,;\"']+@[^@\s<>,;\"']+\.[^@\s<>,;\"']+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 JOB_ID = re.compile(r"^[0-9a-f]{64}$")
+# A valid request is 4 levels deep (body, message_parts, a part, its fields); 32 leaves room
+# and keeps every later walk of the body far from Python's recursion limit.
+MAX_JSON_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,45 @@ def parse_body(raw: bytes | str | None) -> dict:
         raise BadRequest("request body must be a JSON object", field="body")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep", field="body") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}", field="body")
+    check_text(data)
     return data
+
+
+def _path(parent: str, name) -> str:
+    if isinstance(name, int):
+        return f"{parent}[{name}]"
+    return f"{parent}.{name}" if parent else str(name)
+
+
+def check_text(data) -> None:
+    """Reject bodies nested deeper than MAX_JSON_DEPTH, and strings (values or keys) that are not
+    Unicode text: JSON's ``\\ud800`` escape decodes to a lone surrogate, which no encoder, S3 key,
+    e-mail or HTTP header accepts. The error names the field."""
+    stack = [(data, "", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep",
+                             field=where or "body")
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise BadRequest(f"{where or 'body'} is not valid Unicode text (it has a lone UTF-16 surrogate)",
+                                 field=where or "body")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if _SURROGATE.search(name):
+                    shown = name.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                    raise BadRequest(f"field name {shown!r} in {where or 'the body'} is not valid Unicode text",
+                                     field=where or "body")
+                stack.append((item, _path(where, name), depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, _path(where, i), depth + 1) for i, item in enumerate(value))
 
 
 def parse_request(data: dict, settings: Settings, *, check_urls: bool = True) -> StitchSpec:

@@ -1,4 +1,4 @@
-"""S3 adapter: head, download, upload (one object write), presigned GET/PUT.
+"""S3 adapter: head, download, upload (one object write), presigned GET and POST uploads.
 
 Takes its boto3 S3 client as a constructor argument so tests hand in one bound to moto.
 """
@@ -255,9 +255,11 @@ class Store:
         )
         return url, iso(self.clock() + ttl)
 
-    def presign_put(self, bucket: str, key: str, ttl: int) -> tuple[str, str]:
-        """A PUT link valid ``ttl`` seconds, and when it expires (ISO-8601 UTC)."""
-        url = self.s3.generate_presigned_url(
-            "put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl
+    def presign_post(self, bucket: str, key: str, ttl: int, max_bytes: int) -> tuple[str, dict, str]:
+        """A browser-style POST upload of one object of 1..``max_bytes`` bytes: S3 refuses a larger
+        (or empty) file itself. Returns the URL, the form fields to send before the file, and
+        when the link expires (ISO-8601 UTC)."""
+        post = self.s3.generate_presigned_post(
+            Bucket=bucket, Key=key, ExpiresIn=ttl, Conditions=[["content-length-range", 1, max_bytes]],
         )
-        return url, iso(self.clock() + ttl)
+        return post["url"], post["fields"], iso(self.clock() + ttl)

@@ -113,7 +113,9 @@ def check_addresses(host: str, port: int, answers: Sequence[tuple], settings: Se
         if reason:
             if host.strip("[]") == str(ip):
                 raise SourceRefused(f"{host} is {reason}")
-            raise SourceRefused(f"{host} resolves to {ip}, {reason}")
+            # The rule, not the address: what an internal name resolves to is not the caller's business.
+            rule = reason.split(" (embedded in IPv6", 1)[0]
+            raise SourceRefused(f"{host} resolves to {rule}; only public addresses may be fetched or called")
         mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
         all_loopback = all_loopback and (ip.is_loopback or bool(mapped and mapped.is_loopback))
     if port == default_port or port in settings.allowed_url_ports:

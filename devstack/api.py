@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import sys
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from chalice.cli import validate_routes
     from chalice.cli.factory import CLIFactory
-    from chalice.local import ChaliceRequestHandler, create_local_server
+    from chalice.local import ChaliceRequestHandler, ForbiddenError, create_local_server
 
     verbose = bool(os.environ.get("LOCAL_RUN_VERBOSE"))
     handled = threading.local()
@@ -65,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         def parse_request(self):
             handled.app_logged = False
             return super().parse_request()
+
+        def _send_error_response(self, error):
+            # API Gateway's 403 "Missing Authentication Token" for a path no route matches: here a
+            # 404 in the service's error shape (deployed, the gateway answers before Lambda runs).
+            if isinstance(error, ForbiddenError) and b"Missing Authentication Token" in (error.body or b""):
+                routes = ", ".join(f"{m} {r}" for r, methods in sorted(app_obj.routes.items()) for m in methods)
+                body = json.dumps({"error": {"code": "not_found", "field": "path",
+                                             "message": f"no route {self.command} {self.path.split('?')[0]}; "
+                                                        f"routes: {routes}"}}).encode()
+                self._send_http_response(404, {**error.headers, "Content-Type": "application/json"}, body)
+                return
+            super()._send_error_response(error)
 
         def log_message(self, format, *fmt_args):  # noqa: A002 - BaseHTTPRequestHandler's name
             if verbose or not getattr(handled, "app_logged", False):

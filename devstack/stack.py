@@ -5,7 +5,8 @@ Starts, in order:
   2. the stage's resources, from the same definitions as AWS (``infra.ensure_resources``);
   3. a few generated sample parts in the input bucket (skip with --no-seed);
   4. the API: `chalice local --no-autoreload` on 127.0.0.1 (API_PORT, default 8000);
-  5. the worker: long-polls the FIFO queue and feeds the app's real SQS handler.
+  5. the worker: long-polls the FIFO queue and feeds the app's real SQS handler;
+  6. the scheduler: runs the app's ``@app.schedule`` handlers (the job sweeper, every minute).
 Then prints the URLs, sample keys, a curl to try and a ``READY`` line, and supervises: Ctrl-C or
 SIGTERM stops every child. A worker that dies is replaced (as Lambda replaces an instance); if
 the API dies, or workers keep dying, everything stops with the reason reported.
@@ -191,6 +192,9 @@ class MotoServer:
     def __init__(self, host: str, port: int):
         import logging
 
+        # moto answers every origin by default; off, S3 applies the bucket's own CORS rule, as AWS does,
+        # so the web page's direct upload proves that rule (read by moto.settings at import).
+        os.environ.setdefault("MOTO_DISABLE_GLOBAL_CORS", "true")
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
@@ -200,7 +204,9 @@ class MotoServer:
 
         if not os.environ.get("LOCAL_RUN_VERBOSE"):
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise
-        app = DomainDispatcherApplication(create_backend_app)
+        from devstack.motocors import FormPostCors
+
+        app = FormPostCors(DomainDispatcherApplication(create_backend_app))
         self.server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
         self.port = self.server.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -303,6 +309,7 @@ def banner(state: RunState, settings) -> str:
     lines = [
         "",
         f"  API     {api}     (GET /health, POST /stitch, GET /jobs/<id>, POST /uploads)",
+        f"  page    {api}/     (stitch in the browser; the API reference is {api}/openapi.json)",
         f"  AWS     {state.moto_url}     (moto: S3, SQS, DynamoDB, SES; any credentials)",
         f"  buckets {settings.bucket_input} -> {settings.bucket_output}",
         f"  queue   {state.queue_url}  ({sum(n.startswith('worker') for n in state.children)} worker(s))",
@@ -317,7 +324,10 @@ def banner(state: RunState, settings) -> str:
         f"    curl -s {api}/jobs/<job_id>",
         "  Your own file (then use the returned key as a part):",
         f"    curl -s -X POST {api}/uploads -H 'Content-Type: application/json' -d '{{\"filename\": \"my.mp3\"}}'",
-        "    curl -s -X PUT --upload-file my.mp3 '<upload_url>'",
+        "    then POST a form of its 'fields' plus the file (last) to 'upload_url':",
+        "    curl -s <upload_url> -F key=<fields.key> -F policy=... (every field) -F file=@my.mp3",
+        "  Or all of that in one command, from any directory:",
+        f"    {Path(sys.executable).parent / 'audio-stitch'} remote my.mp3 other.wav -o out.mp3 --api {api}",
         "",
         "  Ctrl-C stops everything.",
         "",
@@ -423,6 +433,9 @@ class LocalStack:
             self.worker_args[name] = ["-m", "devstack.worker", "--queue-url", state.queue_url,
                                       "--ready-file", str(ready_file)]
             self.children[name] = spawn(self.worker_args[name], env)
+        # EventBridge's part: the sweeper and any other @app.schedule handler, at their rates.
+        self.worker_args["scheduler"] = ["-m", "devstack.scheduler"]
+        self.children["scheduler"] = spawn(self.worker_args["scheduler"], env)
         self.children["api"] = spawn(["-m", "devstack.api", "--host", HOST, "--port", str(args.port),
                                       "--stage", args.stage, "--port-file", str(port_file)], env)
         state.children = {name: proc.pid for name, proc in self.children.items()}
@@ -451,6 +464,10 @@ class LocalStack:
                     raise StackFailed(f"{name} exited with status {status}, the {len(recent)}th worker "
                                       "to exit within a minute; stopping (see the output above)")
                 why = "timed out" if status == TIMEOUT_EXIT_STATUS else f"exited with status {status}"
+                # What it started (ffmpeg) shares its process group: a SIGKILL'd leader cannot take
+                # its children along, so the group goes now, as Lambda ends the whole sandbox.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 self.children[name] = spawn(self.worker_args[name], self.env)
                 self.state.children[name] = self.children[name].pid
                 self.state.write(self.state_dir)

@@ -18,8 +18,10 @@ from .definitions import (
     API_FUNCTION,
     API_FUNCTION_ID,
     APP_NAME,
+    FUNCTIONS,
     LAMBDA_RUNTIME,
     PUBLIC_ACCESS_BLOCK,
+    SWEEPER_FUNCTION,
     WORKER_EPHEMERAL_MB,
     WORKER_FUNCTION,
     WORKER_FUNCTION_ID,
@@ -33,7 +35,7 @@ from .provision import ensure_resources, ensure_table, main
 from .stages import CONFIG_PATH, resolve_region, stage_environment, stage_settings
 
 __all__ = [
-    "API_EPHEMERAL_MB", "API_FUNCTION", "API_FUNCTION_ID", "APP_NAME", "CONFIG_PATH", "LAMBDA_RUNTIME",
+    "API_EPHEMERAL_MB", "API_FUNCTION", "API_FUNCTION_ID", "FUNCTIONS", "SWEEPER_FUNCTION", "APP_NAME", "CONFIG_PATH", "LAMBDA_RUNTIME",
     "PUBLIC_ACCESS_BLOCK", "WORKER_EPHEMERAL_MB", "WORKER_FUNCTION", "WORKER_FUNCTION_ID", "ProvisionError",
     "cloudformation_template", "ensure_resources", "ensure_table", "function_name", "iam_policies", "main",
     "policy_file", "resolve_region", "stage_environment", "stage_resources", "stage_settings",

@@ -20,6 +20,7 @@ from .definitions import (
     LAMBDA_RUNTIME,
     OWNERSHIP_RULES,
     PUBLIC_ACCESS_BLOCK,
+    UPLOAD_CORS_RULES,
     WORKER_EPHEMERAL_MB,
     WORKER_FUNCTION,
     WORKER_FUNCTION_ID,
@@ -52,7 +53,19 @@ def _lifecycle(spec: BucketSpec) -> list[dict]:
     return rules
 
 
+# The S3 API and CloudFormation spell three CORS rule fields differently.
+_CFN_CORS_NAMES = {"ID": "Id", "ExposeHeaders": "ExposedHeaders", "MaxAgeSeconds": "MaxAge"}
+
+
 def _bucket(spec: BucketSpec) -> dict:
+    bucket = _bucket_base(spec)
+    if spec.browser_uploads:
+        bucket["Properties"]["CorsConfiguration"] = {"CorsRules": [
+            {_CFN_CORS_NAMES.get(k, k): v for k, v in rule.items()} for rule in UPLOAD_CORS_RULES]}
+    return bucket
+
+
+def _bucket_base(spec: BucketSpec) -> dict:
     return {
         "Type": "AWS::S3::Bucket",
         **RETAIN,

@@ -40,6 +40,9 @@ API_BURST_LIMIT = 40
 # Chalice's handler names in app.py, and the logical ids it gives their functions in the template.
 API_FUNCTION = "api_handler"
 WORKER_FUNCTION = "process_job"
+SWEEPER_FUNCTION = "sweep_jobs"  # @app.schedule: re-sends jobs whose worker stopped heartbeating
+# Every function Chalice deploys, each with its own role (policy-<stage>-<handler>.json).
+FUNCTIONS = (API_FUNCTION, WORKER_FUNCTION, SWEEPER_FUNCTION)
 API_FUNCTION_ID = "APIHandler"
 WORKER_FUNCTION_ID = "ProcessJob"
 DENO_LAYER_ID = "DenoLayer"
@@ -61,6 +64,7 @@ class BucketSpec:
     expirations: tuple[tuple[str, int], ...]  # (prefix, days)
     # A bucket policy denying plain-HTTP requests: presigned links are https anyway.
     tls_only: bool = True
+    browser_uploads: bool = False  # carries UPLOAD_CORS_RULES
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ def stage_resources(settings: Settings) -> StageResources:
         input_bucket=BucketSpec(
             "InputBucket", settings.bucket_input,
             ((settings.uploads_prefix, settings.uploads_ttl_days), (settings.sources_prefix, settings.sources_ttl_days)),
+            browser_uploads=True,
         ),
         output_bucket=BucketSpec("OutputBucket", settings.bucket_output,
                                  ((settings.cache_prefix, settings.cache_ttl_days),)),
@@ -220,3 +225,14 @@ PUBLIC_ACCESS_BLOCK = {
 }
 OWNERSHIP_RULES = [{"ObjectOwnership": "BucketOwnerEnforced"}]
 ENCRYPTION_RULES = [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+# Lets the web page (GET /, on the API's origin, unknown until deploy) send a presigned upload
+# straight to the input bucket. Any origin: the signature in the link is the authorisation, and
+# the bucket stays private; CORS only decides whether a browser may send it and read the answer.
+UPLOAD_CORS_RULES = [{
+    "ID": "browser-presigned-uploads",
+    "AllowedMethods": ["PUT", "POST"],
+    "AllowedOrigins": ["*"],
+    "AllowedHeaders": ["*"],
+    "ExposeHeaders": ["ETag"],
+    "MaxAgeSeconds": 3000,
+}]

@@ -10,21 +10,59 @@ from __future__ import annotations
 
 from chalicelib.config import Settings
 
-from .definitions import API_FUNCTION, WORKER_FUNCTION, check_names, function_name
+from .definitions import FUNCTIONS, SWEEPER_FUNCTION, WORKER_FUNCTION, check_names, function_name
+
+
+def _logs(settings: Settings, handler: str) -> dict:
+    return {
+        "Sid": "Logs",
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": [f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(settings.stage, handler)}:*"],
+    }
+
+
+def _mail(settings: Settings) -> dict:
+    # identity/* rather than the sender's ARN: in the SES sandbox the recipient's identity is
+    # authorised too. The condition still pins the From address.
+    return {
+        "Sid": "SendMailAsSender",
+        "Effect": "Allow",
+        "Action": ["ses:SendEmail"],
+        "Resource": ["arn:aws:ses:*:*:identity/*"],
+        "Condition": {"StringEquals": {"ses:FromAddress": settings.sender_email}},
+    }
+
+
+def _sweeper_statements(settings: Settings) -> list[dict]:
+    """The every-minute sweeper: find stale jobs (Scan), re-send or fail them, tell their targets."""
+    return [
+        _logs(settings, SWEEPER_FUNCTION),
+        {
+            "Sid": "JobsQueue",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
+            "Resource": [f"arn:aws:sqs:*:*:{settings.queue_name}"],
+        },
+        {
+            "Sid": "JobsTable",
+            "Effect": "Allow",
+            "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
+            "Resource": [f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}"],
+        },
+        _mail(settings),
+    ]
 
 
 def _statements(settings: Settings, handler: str) -> list[dict]:
+    if handler == SWEEPER_FUNCTION:
+        return _sweeper_statements(settings)
     s3_in = f"arn:aws:s3:::{settings.bucket_input}"
     s3_out = f"arn:aws:s3:::{settings.bucket_output}"
     queue = f"arn:aws:sqs:*:*:{settings.queue_name}"
     worker = handler == WORKER_FUNCTION
     statements = [
-        {
-            "Sid": "Logs",
-            "Effect": "Allow",
-            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(settings.stage, handler)}:*"],
-        },
+        _logs(settings, handler),
         {
             # Without ListBucket a HEAD on a missing key answers 403 instead of 404, so a missing
             # part or a cache miss would look like an access error.
@@ -56,13 +94,20 @@ def _statements(settings: Settings, handler: str) -> list[dict]:
         },
         {
             # The REST function enqueues; the worker's event source mapping receives and deletes
-            # with the worker's role. The DLQ needs no grant: SQS itself moves messages there.
+            # with the worker's role. SQS itself redrives failed jobs to the DLQ; the worker sends
+            # there only a message that is not a job at all.
             "Sid": "JobsQueue",
             "Effect": "Allow",
             "Action": (["sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
                        if worker else ["sqs:GetQueueUrl", "sqs:SendMessage"]),
             "Resource": [queue],
         },
+        *([{
+            "Sid": "PoisonMessagesToDeadLetterQueue",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
+            "Resource": [f"arn:aws:sqs:*:*:{settings.dlq_name}"],
+        }] if worker else []),
         {
             "Sid": "JobsTable",
             "Effect": "Allow",
@@ -71,15 +116,7 @@ def _statements(settings: Settings, handler: str) -> list[dict]:
         },
     ]
     if worker:
-        statements.append({
-            # identity/* rather than the sender's ARN: in the SES sandbox the recipient's identity
-            # is authorised too. The condition still pins the From address.
-            "Sid": "SendMailAsSender",
-            "Effect": "Allow",
-            "Action": ["ses:SendEmail"],
-            "Resource": ["arn:aws:ses:*:*:identity/*"],
-            "Condition": {"StringEquals": {"ses:FromAddress": settings.sender_email}},
-        })
+        statements.append(_mail(settings))
     return statements
 
 
@@ -87,7 +124,7 @@ def iam_policies(settings: Settings) -> dict[str, dict]:
     """{Chalice handler name: its role's policy document}."""
     check_names(settings)
     return {handler: {"Version": "2012-10-17", "Statement": _statements(settings, handler)}
-            for handler in (API_FUNCTION, WORKER_FUNCTION)}
+            for handler in FUNCTIONS}
 
 
 def policy_file(stage: str, handler: str) -> str:

@@ -16,6 +16,7 @@ from .definitions import (
     ENCRYPTION_RULES,
     OWNERSHIP_RULES,
     PUBLIC_ACCESS_BLOCK,
+    UPLOAD_CORS_RULES,
     AlarmSpec,
     BucketSpec,
     ProvisionError,
@@ -81,6 +82,8 @@ def ensure_bucket(s3, spec: BucketSpec, region: str, *, policy: bool = True) -> 
     s3.put_bucket_lifecycle_configuration(
         Bucket=spec.name, LifecycleConfiguration={"Rules": lifecycle_rules(spec)}
     )
+    if spec.browser_uploads:
+        s3.put_bucket_cors(Bucket=spec.name, CORSConfiguration={"CORSRules": UPLOAD_CORS_RULES})
     document = bucket_policy(spec) if policy else None
     if document:
         s3.put_bucket_policy(Bucket=spec.name, Policy=json.dumps(document))

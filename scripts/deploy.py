@@ -60,7 +60,7 @@ def policy_path(stage: str, handler: str = infra.WORKER_FUNCTION) -> Path:
 
 def policy_paths() -> list[Path]:
     return sorted(CHALICE_DIR / infra.policy_file(stage, handler)
-                  for stage in stages() for handler in (infra.API_FUNCTION, infra.WORKER_FUNCTION))
+                  for stage in stages() for handler in infra.FUNCTIONS)
 
 
 def _dump(data: dict) -> str:
@@ -533,7 +533,7 @@ def set_log_retention(stage: str, days: int | None, *, client=None) -> list[str]
         import boto3
 
         client = boto3.client("logs")
-    groups = [f"/aws/lambda/{infra.function_name(stage, h)}" for h in (infra.API_FUNCTION, infra.WORKER_FUNCTION)]
+    groups = [f"/aws/lambda/{infra.function_name(stage, h)}" for h in infra.FUNCTIONS]
     for group in groups:
         try:
             client.create_log_group(logGroupName=group)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from ..errors import StitchError
-from ..ffmpeg import ffmpeg_command
+from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import SAMPLE_RATES, Options
 from .graph import Layout
 from .probe import AudioInfo
@@ -34,16 +34,18 @@ def output_channels(options: Options, infos: list[AudioInfo]) -> int:
     return options.channels or min(2, max(i.channels for i in infos))
 
 
-def bitrate(options: Options) -> str | None:
+def bitrate(options: Options, layout: Layout) -> str | None:
+    """The requested bitrate (BadRequest if the encoder refuses it for this output), or the default."""
     fmt = options.output_format
-    return None if fmt.lossless else options.bitrate or DEFAULT_BITRATE.get(fmt.name)
+    return None if fmt.lossless else options.encoder_bitrate(layout.rate, layout.channels,
+                                                             DEFAULT_BITRATE.get(fmt.name))
 
 
 def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
     """The encoder's output options (``parallel.encoder_args`` matches them) and the output."""
     fmt = options.output_format
     args = ["-c:a", fmt.codec]
-    kbps = bitrate(options)
+    kbps = bitrate(options, Layout(rate, channels))
     if kbps:
         args += ["-b:a", kbps]
     return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
@@ -70,7 +72,7 @@ def encode(pcm: BinaryIO, out_path: str, options: Options, layout: Layout, total
     par = _parallel()
     if par is not None and options.format in par.parallel_formats():
         par.encode_pcm(pcm, out_path, fmt=options.format, rate=layout.rate, channels=layout.channels,
-                       bitrate=bitrate(options), progress=progress, total_samples=total_samples)
+                       bitrate=bitrate(options, layout), progress=progress, total_samples=total_samples)
         return
     run_ffmpeg(encoder_command(options, layout, out_path), total_samples / layout.rate, progress, stdin=pcm)
 
@@ -80,7 +82,7 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
     """Run one ffmpeg, feeding ``-progress`` lines to ``progress``; raise StitchError on failure."""
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
-                                stdin=stdin if stdin is not None else subprocess.DEVNULL)
+                                stdin=stdin if stdin is not None else subprocess.DEVNULL, **dies_with_parent())
         try:
             last = -1.0
             for raw in proc.stdout:
@@ -112,4 +114,4 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
 def decodes(info: AudioInfo) -> bool:
     """True if ffmpeg decodes the part's audio without error (used to blame a failed decode)."""
     cmd = ffmpeg_command("-xerror", "-i", str(info.path), "-map", "0:a:0", "-f", "null", "-")
-    return subprocess.run(cmd, capture_output=True).returncode == 0
+    return subprocess.run(cmd, capture_output=True, **dies_with_parent()).returncode == 0

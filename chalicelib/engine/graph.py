@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import StitchError, UnsupportedAudio
-from ..ffmpeg import ffmpeg_command
+from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import Options
 from .loudness import apply_level, measuring, needs_level
 from .segment import Segment, fades
@@ -114,7 +114,7 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
     """The one-graph decoder running; raises DecodeFailed after the block if it failed."""
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
         dec = subprocess.Popen(graph_command(segments, layout), stdout=subprocess.PIPE, stderr=err,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, **dies_with_parent())
         try:
             yield Pcm(dec.stdout, list(segments))
         except BaseException:
@@ -186,7 +186,8 @@ def _decode_into(sink: BinaryIO, s: Segment, filters: list[str], layout: Layout)
     cmd = ffmpeg_command(*s.input_args(), "-map", "0:a:0", "-af", ",".join(filters), *layout.pcm_args(), "pipe:1")
     with tempfile.TemporaryFile() as err:
         # The decoder writes into the pipe itself: no copy through Python.
-        code = subprocess.run(cmd, stdout=sink, stderr=err, stdin=subprocess.DEVNULL).returncode
+        code = subprocess.run(cmd, stdout=sink, stderr=err, stdin=subprocess.DEVNULL,
+                              **dies_with_parent()).returncode
         if code == 0:
             return
         # ffmpeg ignores SIGPIPE: a reader that went away shows as a failed write.

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import StitchError, UnsupportedAudio
-from ..ffmpeg import ffmpeg_command
+from ..ffmpeg import dies_with_parent, ffmpeg_command
 from .segment import Segment
 
 SILENCE_LUFS = -70.0  # at or below: a silent part, leave its level alone
@@ -48,7 +48,7 @@ class Children:
         with self._lock:
             if self._killed:
                 raise StitchError("stopped: the job failed")
-            proc = subprocess.Popen(cmd, **kwargs)
+            proc = subprocess.Popen(cmd, **kwargs, **dies_with_parent())
             self._procs.append(proc)
             return proc
 

@@ -79,14 +79,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def encoder_args(fmt: str, bitrate: str | None) -> list[str]:
-    """The output options of the encode path (encode.encoder_command) for ``fmt``, without ``-f``."""
+def encoder_args(fmt: str, rate: int, channels: int, bitrate: str | None) -> list[str]:
+    """The encode path's output options (encode._encoder_args) for ``fmt``, without ``-f``."""
     spec = FORMATS[fmt]
     args = ["-c:a", spec.codec]
     bitrate = None if spec.lossless else bitrate or DEFAULT_BITRATE.get(fmt)
     if bitrate:
         args += ["-b:a", bitrate]
-    return args + ["-map_metadata", "-1"]
+    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1"]
 
 
 def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: int, channels: int,
@@ -219,7 +219,7 @@ def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes]
 
 def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     """One ffmpeg reading the PCM from its stdin: the encode path's command, fed by us."""
-    cmd = job.input_args("pipe:0") + encoder_args(job.fmt, job.bitrate)
+    cmd = job.input_args("pipe:0") + encoder_args(job.fmt, job.rate, job.channels, job.bitrate)
     cmd += ["-f", FORMATS[job.fmt].muxer, str(tmp)]
     children = _Children()
     consumed = 0
@@ -369,7 +369,7 @@ class _Empty:
 
 def _encode_chunk(c: _Chunk, job: _Job, children: _Children) -> None:
     """Encode one chunk's PCM file to MP3 with the job's encoder options; delete the PCM."""
-    cmd = job.input_args(str(c.pcm_path)) + encoder_args("mp3", job.bitrate)
+    cmd = job.input_args(str(c.pcm_path)) + encoder_args("mp3", job.rate, job.channels, job.bitrate)
     # No ID3 tag; the Info frame stays: it tells the encoder delay.
     cmd += ["-id3v2_version", "0", "-write_id3v1", "0", "-f", "mp3", str(c.mp3_path)]
     proc = children.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

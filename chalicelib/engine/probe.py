@@ -149,11 +149,12 @@ def _ffmpeg(args: list[str], label: str, index: int, timeout: float):
     """Run ffmpeg on one part; a part that keeps it busy past ``timeout`` is unusable, not a retry."""
     import subprocess  # here, not at the top: an MP3 copy join never starts a process
 
-    from ..ffmpeg import ffmpeg_command
+    from ..ffmpeg import dies_with_parent, ffmpeg_command
 
     try:
         return subprocess.run(ffmpeg_command(*args, loglevel="info"),
-                              capture_output=True, text=True, errors="replace", timeout=timeout)
+                              capture_output=True, text=True, errors="replace", timeout=timeout,
+                              **dies_with_parent())
     except subprocess.TimeoutExpired:
         raise UnsupportedAudio(f"{label}: ffmpeg could not read it within {timeout:g} s", part=index) from None
 

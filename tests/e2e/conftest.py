@@ -26,6 +26,7 @@ READY = re.compile(r"^READY api=(\S+) moto=(\S+)$", re.M)
 START_TIMEOUT = 120  # a cold machine imports moto + chalice + the app in three processes
 JOB_TIMEOUT = 90
 WEBHOOK_SECRET = "e2e-webhook-secret"
+CORS_ORIGIN = "http://app.test:8080"
 
 
 def pytest_collection_modifyitems(items):
@@ -103,7 +104,9 @@ def stop_stack(stack: Stack, sig: int = signal.SIGTERM) -> int:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("stack"), "--workers", "2")
+    base = tmp_path_factory.mktemp("stack")
+    # An API CORS origin, as a stage would set it, so the preflight is tested through `chalice local`.
+    stack = start_stack(base, "--workers", "2", env=stack_env(base / "work", CORS_ALLOW_ORIGINS=CORS_ORIGIN))
     yield stack
     stop_stack(stack)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_stitch.client import ApiError, Client, JobFailed, StitchResult
+from audio_stitch.client import ApiError, Client, JobFailed, StitchResult, UploadSlot
 from tests.audio import decoded_duration, make_tone
 
 pytestmark = pytest.mark.usefixtures("show_log_on_failure")
@@ -111,3 +111,18 @@ def test_remote_errors_are_one_line(stack, inputs, tmp_path):
                           capture_output=True, text=True, env=env, timeout=60)
     assert down.returncode == 1 and down.stderr.startswith("error: POST /uploads: cannot reach"), down.stderr
     assert not (tmp_path / "o.mp3").exists()
+
+
+def test_client_sends_a_presigned_post_form(stack, inputs):
+    # The POST form of an upload slot (fields + url), as S3 answers boto3's generate_presigned_post.
+    key = "uploads/presigned-post/b.wav"
+    form = stack.boto("s3").generate_presigned_post(
+        "audio-stitch-input-dev", key, Conditions=[["content-length-range", 1, 50 * 2**20]], ExpiresIn=600)
+    slot = UploadSlot.from_dict({"key": key, **form, "expires_at": None})
+    assert slot.method == "POST" and slot.fields["key"] == key
+    sent = []
+    Client(stack.api).send_file(slot, inputs[1], progress=sent.append)
+    head = stack.boto("s3").head_object(Bucket="audio-stitch-input-dev", Key=key)
+    assert head["ContentLength"] == inputs[1].stat().st_size == sent[-1]
+    result = Client(stack.api).stitch([key], format="wav")
+    assert result.duration_s == pytest.approx(decoded_duration(inputs[1]), abs=0.01)

@@ -113,8 +113,9 @@ class FakeStore:
     def presign_get(self, bucket: str, key: str, ttl: int) -> tuple[str, str]:
         return f"https://{bucket}.s3.test/{key}?X-Amz-Expires={ttl}", iso(self.clock() + ttl)
 
-    def presign_put(self, bucket: str, key: str, ttl: int) -> tuple[str, str]:
-        return f"https://{bucket}.s3.test/{key}?X-Amz-Expires={ttl}&method=PUT", iso(self.clock() + ttl)
+    def presign_post(self, bucket: str, key: str, ttl: int, max_bytes: int) -> tuple[str, dict, str]:
+        fields = {"key": key, "x-max-bytes": str(max_bytes), "x-expires": str(ttl)}
+        return f"https://{bucket}.s3.test/", fields, iso(self.clock() + ttl)
 
 
 # -- DynamoDB + SQS -----------------------------------------------------------------------------------

@@ -41,13 +41,24 @@ def test_stitch_prints_result_json(files, tmp_path, capsys):
     assert result["size_bytes"] == out.stat().st_size
 
 
-def test_copy_join_from_cli(files, tmp_path, capsys):
+@pytest.mark.parametrize("join, expected", [("copy", "copy"), ("exact", "exact"), (None, "exact")])
+def test_join_policy_from_cli(files, tmp_path, capsys, join, expected):
+    # auto copies only parts of about 4.5 s and longer, so these 1 s parts are joined exactly.
     out = tmp_path / "o.mp3"
-    # Short parts: auto would join them exactly; --join copy asks for the frame join.
-    assert main([str(files["a"]), str(files["a"]), "-o", str(out), "--join", "copy"]) == 0
-    assert json.loads(capsys.readouterr().out)["join"] == "copy"
-    assert main([str(files["a"]), str(files["a"]), "-o", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["join"] == "exact"
+    assert main([str(files["a"]), str(files["a"]), "-o", str(out), *(["--join", join] if join else [])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["join"] == expected
+    if expected == "exact":
+        assert result["added_silence_ms"] == 0
+        assert decoded_duration(out) == pytest.approx(2 * decoded_duration(files["a"]), abs=0.002)
+    else:
+        assert result["added_silence_ms"] > 0
+
+
+def test_bad_join_policy_is_refused(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(files["a"]), "-o", str(tmp_path / "o.mp3"), "--join", "fast"])
+    assert exit_.value.code == 2 and "--join: invalid choice: 'fast'" in capsys.readouterr().err
 
 
 def test_part_suffix_syntax(tmp_path):

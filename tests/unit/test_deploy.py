@@ -194,9 +194,10 @@ def test_log_retention_lands_on_the_groups_the_functions_write_to():
         logs.create_log_group(logGroupName="/aws/lambda/audio-stitch-prod-api_handler")
         logs.create_log_group(logGroupName="/aws/lambda/audio-stitch-prod")  # exists already: kept
         groups = deploy.set_log_retention("prod", 90, client=logs)
-        assert groups == ["/aws/lambda/audio-stitch-prod", "/aws/lambda/audio-stitch-prod-process_job"]
+        assert groups == ["/aws/lambda/audio-stitch-prod", "/aws/lambda/audio-stitch-prod-process_job",
+                          "/aws/lambda/audio-stitch-prod-sweep_jobs"]
         days = {g["logGroupName"]: g.get("retentionInDays") for g in logs.describe_log_groups()["logGroups"]}
-        assert days["/aws/lambda/audio-stitch-prod"] == days["/aws/lambda/audio-stitch-prod-process_job"] == 90
+        assert {days[g] for g in groups} == {90}
         assert deploy.set_log_retention("prod", None, client=logs) == []
 
 

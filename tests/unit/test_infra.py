@@ -276,3 +276,18 @@ def test_cloudformation_describes_what_provision_creates(aws, settings):
     assert table["TableName"] == "jobs-t" and table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["TimeToLiveSpecification"] == {"AttributeName": jobs.TTL_ATTRIBUTE, "Enabled": True}
     assert res["SenderIdentity"]["Properties"]["EmailIdentity"] == "sender@example.com"
+
+
+def test_input_bucket_takes_browser_uploads_in_both_renderings(aws, settings):
+    from botocore.exceptions import ClientError
+
+    infra.ensure_resources(settings, aws)
+    live = aws["s3"].get_bucket_cors(Bucket="in-t")["CORSRules"]
+    assert [(r["AllowedMethods"], r["AllowedOrigins"]) for r in live] == [(["PUT", "POST"], ["*"])]
+    with pytest.raises(ClientError, match="NoSuchCORSConfiguration"):
+        aws["s3"].get_bucket_cors(Bucket="out-t")  # results are only ever fetched by link
+    res = infra.cloudformation_template(settings)["Resources"]
+    cfn = res["InputBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    assert [(r["Id"], r["AllowedMethods"], r["AllowedOrigins"], r["ExposedHeaders"], r["MaxAge"]) for r in cfn] == [
+        (r["ID"], r["AllowedMethods"], r["AllowedOrigins"], r["ExposeHeaders"], r["MaxAgeSeconds"]) for r in live]
+    assert "CorsConfiguration" not in res["OutputBucket"]["Properties"]

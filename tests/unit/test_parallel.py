@@ -389,10 +389,11 @@ def test_encoder_args_are_the_encode_paths(fmt):
         options = Options(format=fmt, bitrate=bitrate)
         cmd = encode_module.encoder_command(options, Layout(44100, 2), "OUT")
         ours = parallel._Job(fmt, 44100, 2, bitrate, None, None).input_args("pipe:0")
-        ours += parallel.encoder_args(fmt, bitrate) + ["-f", FORMATS[fmt].muxer, "OUT"]
+        ours += parallel.encoder_args(fmt, 44100, 2, bitrate) + ["-f", FORMATS[fmt].muxer, "OUT"]
         assert [a for a in ours if a != "-y"] == [a for a in cmd if a not in ("-y", "-progress", "pipe:1")]
         # what the encode path hands over (its bitrate, resolved) gives the same options
-        assert parallel.encoder_args(fmt, encode_module.bitrate(options)) == parallel.encoder_args(fmt, bitrate)
+        resolved = encode_module.bitrate(options, Layout(44100, 2))
+        assert parallel.encoder_args(fmt, 44100, 2, resolved) == parallel.encoder_args(fmt, 44100, 2, bitrate)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "m4a", "ogg"])

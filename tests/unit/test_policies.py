@@ -64,7 +64,7 @@ def test_stage_config(stage):
 
 
 def _statements(stage, handler=None):
-    handlers = [handler] if handler else [infra.API_FUNCTION, infra.WORKER_FUNCTION]
+    handlers = [handler] if handler else list(infra.FUNCTIONS)
     return [st for h in handlers
             for st in json.loads((ROOT / ".chalice" / infra.policy_file(stage, h)).read_text())["Statement"]]
 
@@ -82,9 +82,15 @@ def test_each_function_has_only_its_own_grants(stage):
     assert ("sqs:SendMessage", queue) in api
     assert not {a for a, _ in api} & {"sqs:ReceiveMessage", "sqs:DeleteMessage", "ses:SendEmail"}
     assert {("sqs:ReceiveMessage", queue), ("sqs:DeleteMessage", queue)} <= worker
-    assert "sqs:SendMessage" not in {a for a, _ in worker}
+    # The worker sends only poison messages, and only to the dead-letter queue.
+    assert {r for a, r in worker if a == "sqs:SendMessage"} == {f"arn:aws:sqs:*:*:{settings.dlq_name}"}
+    # The sweeper re-sends stale jobs and reads the table; it never touches the buckets or takes messages.
+    sweeper = _granted(stage, infra.SWEEPER_FUNCTION)
+    assert {("sqs:SendMessage", queue), ("dynamodb:Scan", f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}")} <= sweeper
+    assert not {a for a, _ in sweeper} & {"sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:GetObject", "s3:PutObject"}
     # Each writes its own log group only.
-    for handler, granted in ((infra.API_FUNCTION, api), (infra.WORKER_FUNCTION, worker)):
+    for handler in infra.FUNCTIONS:
+        granted = _granted(stage, handler)
         logs = {r for a, r in granted if a == "logs:PutLogEvents"}
         assert logs == {f"arn:aws:logs:*:*:log-group:/aws/lambda/{infra.function_name(stage, handler)}:*"}
 
@@ -122,11 +128,13 @@ CALL_ACTIONS = {
     # Large files go up in parts; an interrupted upload is aborted.
     "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "list_objects_v2": {"s3:ListBucket"},
-    # Presigned GET links for results, presigned PUT links for uploads.
+    # Presigned GET links for results, presigned POST forms for uploads.
     "generate_presigned_url": {"s3:GetObject", "s3:PutObject"},
+    "generate_presigned_post": {"s3:PutObject"},
     "get_item": {"dynamodb:GetItem"},
     "put_item": {"dynamodb:PutItem"},
     "update_item": {"dynamodb:UpdateItem"},
+    "scan": {"dynamodb:Scan"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "send_message": {"sqs:SendMessage"},
     "send_email": {"ses:SendEmail"},

@@ -431,11 +431,12 @@ def test_job_status_unknown_and_malformed_ids_are_not_found(env):
         assert info.value.status == 404
 
 
-def test_create_upload_presigns_a_put_under_uploads(env):
+def test_create_upload_presigns_a_capped_post_under_uploads(env):
     body = env.service.create_upload({"filename": "intro.mp3"})
     assert body["key"].startswith("uploads/") and body["key"].endswith("/intro.mp3")
-    assert body["key"] in body["upload_url"] and "X-Amz-Expires=3600" in body["upload_url"]
-    assert body["method"] == "PUT" and body["expires_at"].endswith("Z")
+    assert body["method"] == "POST" and body["expires_at"].endswith("Z")
+    assert body["fields"]["key"] == body["key"] and body["max_bytes"] == env.settings.max_upload_bytes
+    assert body["fields"]["x-max-bytes"] == str(env.settings.max_upload_bytes)
     assert env.service.create_upload({"filename": "intro.mp3"})["key"] != body["key"]
 
 

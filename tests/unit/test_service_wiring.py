@@ -119,15 +119,21 @@ def test_url_parts_always_go_to_the_queue_and_the_worker_fetches_them(tmp_path):
             "first@example.com", "second@example.com"]
 
 
-def test_create_upload_presigns_a_put_under_uploads(env):
+def test_create_upload_presigns_a_capped_post_under_uploads(env):
+    import base64
+    import json
+
     import requests
 
     body = env.service.create_upload({"filename": "intro.mp3"})
     assert body["key"].startswith("uploads/") and body["key"].endswith("/intro.mp3")
-    assert body["key"] in body["upload_url"] and "X-Amz-Expires=3600" in body["upload_url"]
-    assert body["method"] == "PUT" and body["expires_at"].endswith("Z")
-    # The link really accepts a PUT (moto intercepts the HTTP call in-process).
-    assert requests.put(body["upload_url"], data=b"ID3 fake", timeout=5).status_code == 200
+    assert body["method"] == "POST" and body["expires_at"].endswith("Z")
+    assert body["fields"]["key"] == body["key"] and body["max_bytes"] == env.settings.max_upload_bytes
+    policy = json.loads(base64.b64decode(body["fields"]["policy"]))
+    assert ["content-length-range", 1, env.settings.max_upload_bytes] in policy["conditions"]
+    # The link really accepts the form (moto intercepts the HTTP call in-process).
+    r = requests.post(body["upload_url"], data=body["fields"], files={"file": ("intro.mp3", b"ID3 fake")}, timeout=5)
+    assert r.status_code in (200, 204), r.text
     assert env.s3.head_object(Bucket=env.settings.bucket_input, Key=body["key"])["ContentLength"] == 8
     assert env.service.create_upload({"filename": "intro.mp3"})["key"] != body["key"]
 

@@ -268,7 +268,7 @@ def test_dns_rebinding_is_caught_at_connect(server, tmp_path, settings, s3, conn
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     url = f"http://media.test:{server.port}/a.mp3"
     err = failed(SourceRefused, url, tmp_path, settings, s3)
-    assert "media.test resolves to 10.0.0.1, a private address" in err.message
+    assert "media.test resolves to a private address" in err.message and "10.0.0.1" not in err.message
     assert connects == []
 
 

@@ -1,7 +1,9 @@
 """S3 adapter against moto: head/404, pinned downloads, single-object uploads, presigned links."""
 from __future__ import annotations
 
+import base64
 import calendar
+import json
 import os
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,14 +94,17 @@ def test_large_upload_goes_multipart(s3, tmp_path):
     assert head["ContentLength"] == 6 * 1024 * 1024 and "-" in head["ETag"]  # multipart ETag
 
 
-def test_presigned_get_and_put_carry_key_and_expiry(s3):
+def test_presigned_get_and_post_carry_key_expiry_and_size_cap(s3):
     store = Store(s3, clock=lambda: 1_700_000_000)
     url, expires_at = store.presign_get(BUCKET, "cache/k.mp3", 3600)
     q = parse_qs(urlsplit(url).query)
     assert "cache/k.mp3" in urlsplit(url).path and q["X-Amz-Expires"] == ["3600"]
     assert expires_at == iso(1_700_003_600) == "2023-11-14T23:13:20Z"
-    url, _ = store.presign_put(BUCKET, "uploads/x/a.mp3", 60)
-    assert "uploads/x/a.mp3" in url and parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["60"]
+    url, fields, expires_at = store.presign_post(BUCKET, "uploads/x/a.mp3", 60, 1000)
+    assert fields["key"] == "uploads/x/a.mp3" and expires_at == iso(1_700_000_060)
+    # S3 checks the signed policy: an empty file or one over the cap is refused by S3 itself.
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert ["content-length-range", 1, 1000] in policy["conditions"]
 
 
 def test_json_sidecar_round_trip(s3):

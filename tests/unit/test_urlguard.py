@@ -101,7 +101,7 @@ def test_public_addresses_pass(addr):
 def test_hostname_is_checked_on_every_answer():
     table = {"mixed.example": [PUBLIC_V4, "10.1.2.3"], "good.example": [PUBLIC_V4, PUBLIC_V6]}
     err = refused("https://mixed.example/x.mp3", table=table)
-    assert "mixed.example resolves to 10.1.2.3" in err.message and "private" in err.message
+    assert "mixed.example resolves to a private address" in err.message and "10.1.2.3" not in err.message
     allowed("https://good.example/x.mp3", table=table)
 
 
@@ -180,11 +180,11 @@ def test_connector_refuses_before_any_packet():
         connector(("rebind.example", 80), 1)
     assert connector.connections == 0
     assert isinstance(connector.refusal, SourceRefused)
-    assert "rebind.example resolves to 10.0.0.1, a private address" in connector.refusal.message
+    assert "rebind.example resolves to a private address" in connector.refusal.message
     with pytest.raises(OSError):  # a RefusedConnection is an OSError for the HTTP stack
         connector(("169.254.169.254", 80), 1)
-    # The first refusal is the one reported.
-    assert "10.0.0.1" in connector.refusal.message
+    # The first refusal is the one reported, by its rule: never the address an internal name resolves to.
+    assert "rebind.example" in connector.refusal.message and "10.0.0.1" not in connector.refusal.message
 
 
 def test_connector_connects_to_the_checked_address_only():
@@ -244,7 +244,7 @@ def test_guarded_opener_posts_to_an_allowed_host_and_refuses_others():
         strict.open("http://hooks.example/x", data=b"{}", timeout=5)
     assert isinstance(info.value.reason, RefusedConnection)
     assert strict.connector.connections == 0
-    assert "hooks.example resolves to 10.9.8.7, a private address" in strict.connector.refusal.message
+    assert "hooks.example resolves to a private address" in strict.connector.refusal.message
 
 
 def test_connector_abort_cuts_open_connections_and_refuses_new_ones():
