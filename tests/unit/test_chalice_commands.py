@@ -151,7 +151,7 @@ def test_make_deploy_gets_to_api_gateway_with_everything_before_it_right(project
     assert {f"audio-stitch-{STAGE}-dlq-not-empty", f"audio-stitch-{STAGE}-worker-errors"} <= alarms
     # One role per function, each with its own committed policy.
     iam = aws("iam")
-    for handler in (infra.API_FUNCTION, infra.WORKER_FUNCTION):
+    for handler in infra.FUNCTIONS:
         role = f"audio-stitch-{STAGE}-{handler}"
         (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
         document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
