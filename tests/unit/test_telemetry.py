@@ -70,13 +70,14 @@ def test_app_records_cache_hits_bytes_and_job_outcomes(monkeypatch, capsys):
     from chalice.test import Client
 
     import app
-    from chalicelib.results import StoredResult
-    from chalicelib.service import Cached
+
+    class Hit:  # what service.submit returns for a cache hit: not Queued, so a 200
+        def body(self):
+            return {"cached": True, "size_bytes": 1234, "cache_key": "k"}
 
     class Service:
         def submit(self, body):
-            hit = StoredResult("k", "cache/k.mp3", 1.0, "mp3", 1234, "copy", ())
-            return Cached(hit, "https://out.test/cache/k.mp3", "2026-01-01T00:00:00Z")
+            return Hit()
 
         def run_job(self, job_id, *, receive_count=1):
             return "succeeded"
