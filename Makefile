@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 STAGE  ?= dev
 PACKAGE_DIR ?= build/$(STAGE)
 
-.PHONY: help install run test test-unit test-e2e bench lint vendor package deploy check clean
+.PHONY: help install run test test-unit test-integration test-e2e bench lint vendor package deploy check clean
 
 help:
 	@echo "make run    - API + worker on an embedded AWS (moto server on 127.0.0.1)"
@@ -38,6 +38,9 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration
 
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e

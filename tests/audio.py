@@ -65,7 +65,7 @@ def decoded_duration(path, fmt: str | None = None) -> float:
 # ffmpeg (its own mp3/aac/opus decoders, gapless from the LAME tag, edit list and pre-skip) and
 # libsndfile through the `soundfile` wheel (MP3 through mpg123, with mpg123's gapless handling;
 # Ogg Opus through libopus; FLAC and WAV natively; it does not read MP4). Both count what a
-# player plays. tests/unit/test_decoders.py proves that each honours the gapless tags before any
+# player plays. tests/integration/test_decoders.py proves that each honours the gapless tags before any
 # other test trusts it.
 # ---------------------------------------------------------------------------------------------------
 

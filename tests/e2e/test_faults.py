@@ -7,7 +7,7 @@ import signal
 import time
 
 from tests.audio import make_tone
-from tests.unit.stitchenv import Receiver
+from tests.integration.stitchenv import Receiver
 
 from .conftest import http, stack_env, start_stack, stop_stack, wait_for_job
 

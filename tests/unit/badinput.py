@@ -19,7 +19,7 @@ def api_client(tmp_path):
 
     from moto import mock_aws
 
-    from tests.unit.stitchenv import make_env
+    from tests.integration.stitchenv import make_env
 
     @contextlib.contextmanager
     def running():

@@ -10,7 +10,7 @@ from moto import mock_aws
 
 from chalicelib.config import Settings
 from chalicelib.notify import Notifier, sign, verify, webhook_body
-from tests.unit.stitchenv import SECRET, Receiver
+from tests.integration.stitchenv import SECRET, Receiver
 
 JOB = {"job_id": "f" * 64, "status": "succeeded",
        "result": {"public_url": "https://x/y.mp3", "format": "mp3", "duration_s": 3.0, "expires_at": "T"}}

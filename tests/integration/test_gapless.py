@@ -39,7 +39,7 @@ def both(path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Inputs from tests/audio.py's builders; each plays its nominal length in both decoders
-    (tests/unit/test_decoders.py), except the untagged and garbage-prefixed ones."""
+    (tests/integration/test_decoders.py), except the untagged and garbage-prefixed ones."""
     d = tmp_path_factory.mktemp("foreign")
     f = {}
     ffmpeg_mp3(f.setdefault("ff1", d / "ff1.mp3"), 44100)  # ffmpeg/libmp3lame: Info frame + LAME tag

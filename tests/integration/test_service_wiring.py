@@ -11,7 +11,7 @@ from chalicelib.errors import UnsupportedAudio
 from chalicelib.notify import verify
 from chalicelib.service import Queued
 from tests.audio import decoded_duration
-from tests.unit.stitchenv import SECRET, Receiver, make_env
+from tests.integration.stitchenv import SECRET, Receiver, make_env
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from chalicelib.jobs import FAILED, RUNNING, SUCCEEDED
 from chalicelib.service import Queued
 from chalicelib.sweeper import sweep
 from chalicelib.workdirs import remove_abandoned, work_dir
-from tests.unit.stitchenv import Receiver, make_env
+from tests.integration.stitchenv import Receiver, make_env
 
 
 @pytest.fixture

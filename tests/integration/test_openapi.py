@@ -17,7 +17,7 @@ from chalicelib import errors
 from chalicelib.options import PartOptions
 from chalicelib.spec import PART_SOURCES, TOP_LEVEL_FIELDS
 from tests import openapi
-from tests.unit.test_app import env, post  # noqa: F401 - env is a fixture
+from tests.integration.test_app import env, post  # noqa: F401 - env is a fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = openapi.document()

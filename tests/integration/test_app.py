@@ -12,7 +12,7 @@ import app as app_module
 from chalicelib.bootstrap import build_service
 from chalicelib.config import Settings
 from chalicelib.errors import TransientError
-from tests.unit.stitchenv import make_env
+from tests.integration.stitchenv import make_env
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 
