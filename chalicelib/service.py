@@ -98,7 +98,8 @@ class ProgressReporter:
 
 
 class StitchService:
-    """Use cases over injected adapters; ``stitch``/``sources`` default to the real modules."""
+    """Use cases over injected adapters. ``sources`` maps each kind of part ("key", "url") to the
+    Source that reads it (bootstrap.py builds them); ``stitch`` defaults to the engine."""
 
     def __init__(self, settings: Settings, store: Store, jobs: JobStore, queue: JobQueue, notifier: Notifier,
                  *, sources: Mapping[str, Source], stitch=None, clock=time.time):
@@ -111,7 +112,7 @@ class StitchService:
         self.sources = sources  # by the request field that names such a part: "key", "url"
         self.clock = clock
 
-    # -- lazily bound collaborators -----------------------------------------------------------
+    # -- collaborators --------------------------------------------------------------------------
     @property
     def stitch(self):
         if self._stitch is None:
@@ -126,6 +127,7 @@ class StitchService:
                 if (group := [p for p in parts if p.kind == kind])]
 
     def _identify(self, spec: StitchSpec) -> list[PartIdentity]:
+        """Every part's identity, by part index, each from its own kind of source."""
         identities: list[PartIdentity | None] = [None] * len(spec.parts)
         for src, parts in self._by_source(spec.parts):
             for p, ident in zip(parts, src.identify(parts), strict=True):

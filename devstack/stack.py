@@ -469,9 +469,10 @@ class LocalStack:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 self.children[name] = spawn(self.worker_args[name], self.env)
+                # Said before run.json shows the new pid: whoever watches the file then finds the line.
+                log(f"{name} {why}; started a fresh one (pid {self.children[name].pid}), as Lambda would")
                 self.state.children[name] = self.children[name].pid
                 self.state.write(self.state_dir)
-                log(f"{name} {why}; started a fresh one (pid {self.children[name].pid}), as Lambda would")
             time.sleep(0.5)
 
     def stop(self) -> None:

@@ -488,7 +488,7 @@ def publish_layer(stage: str, layer_zip: Path = deno_layer.LAYER_ZIP, *, client=
     digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
     versions = client.list_layer_versions(LayerName=name).get("LayerVersions", [])
     for version in versions[:1]:
-        latest = client.get_layer_version_by_arn(Arn=version["LayerVersionArn"])
+        latest = client.get_layer_version(LayerName=name, VersionNumber=version["Version"])
         if latest.get("Content", {}).get("CodeSha256") == digest:
             return version["LayerVersionArn"]
     published = client.publish_layer_version(

@@ -34,11 +34,15 @@ def output_channels(options: Options, infos: list[AudioInfo]) -> int:
     return options.channels or min(2, max(i.channels for i in infos))
 
 
-def bitrate(options: Options, layout: Layout) -> str | None:
-    """The requested bitrate (BadRequest if the encoder refuses it for this output), or the default."""
+def bitrate(options: Options, layout: Layout | None = None) -> str | None:
+    """The requested bitrate, or the default; with the output's layout, checked against what the
+    encoder accepts there (BadRequest naming ``bitrate``) and the default kept inside it."""
     fmt = options.output_format
-    return None if fmt.lossless else options.encoder_bitrate(layout.rate, layout.channels,
-                                                             DEFAULT_BITRATE.get(fmt.name))
+    if fmt.lossless:
+        return None
+    if layout is None:
+        return options.bitrate or DEFAULT_BITRATE.get(fmt.name)
+    return options.encoder_bitrate(layout.rate, layout.channels, DEFAULT_BITRATE.get(fmt.name))
 
 
 def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:

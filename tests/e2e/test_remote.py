@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from audio_stitch.client import ApiError, Client, JobFailed, StitchResult, UploadSlot
+from audio_stitch.client import ApiError, Client, JobFailed, StitchResult, Ticket, UploadSlot
+from tests import openapi
 from tests.audio import decoded_duration, make_tone
+
+from .conftest import http
 
 pytestmark = pytest.mark.usefixtures("show_log_on_failure")
 
@@ -67,8 +70,12 @@ def test_client_queued_job_reports_progress_and_downloads(stack, inputs, tmp_pat
     client = Client(stack.api)
     keys = [client.upload(inputs[1]), "samples/intro.mp3"]
     seen = []
-    result = client.stitch(keys, format="wav", gap_ms=100, async_=True, progress=seen.append)
+    ticket = client.submit(keys, format="wav", gap_ms=100, async_=True)
+    assert isinstance(ticket, Ticket) and ticket.status == "queued"
+    result = client.wait(ticket.job_id, progress=seen.append)
     assert isinstance(result, StitchResult) and result.format == "wav" and not result.cached
+    job = http("GET", f"{stack.api}/jobs/{ticket.job_id}")
+    openapi.check("/jobs/{job_id}", "GET", job.status, job.json())  # a worker's result, as documented
     assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
     assert [p.index for p in result.parts] == [0, 1]
     assert result.parts[1].start_s == pytest.approx(1.6, abs=0.01)

@@ -53,7 +53,9 @@ def aws(moto, monkeypatch):
     urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset", method="POST")).read()
     for k, v in _aws_env(moto.url).items():
         monkeypatch.setenv(k, v)
-    return lambda name: boto3.client(name, region_name=REGION, endpoint_url=moto.url)
+    # A session of its own: boto3's default session would cache these dummy credentials for later tests.
+    session = boto3.session.Session()
+    return lambda name: session.client(name, region_name=REGION, endpoint_url=moto.url)
 
 
 def _aws_env(url: str) -> dict:
@@ -149,7 +151,7 @@ def test_make_deploy_gets_to_api_gateway_with_everything_before_it_right(project
     assert {f"audio-stitch-{STAGE}-dlq-not-empty", f"audio-stitch-{STAGE}-worker-errors"} <= alarms
     # One role per function, each with its own committed policy.
     iam = aws("iam")
-    for handler in (infra.API_FUNCTION, infra.WORKER_FUNCTION):
+    for handler in infra.FUNCTIONS:
         role = f"audio-stitch-{STAGE}-{handler}"
         (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
         document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]

@@ -150,13 +150,17 @@ def test_ci_tests_every_push_and_pull_request_and_deploys_only_tags():
     on = wf[True]  # YAML 1.1 reads the key `on` as a boolean
     assert on["push"]["tags"] == ["v*"] and "pull_request" in on
     jobs = wf["jobs"]
-    test_runs = [step.get("run") for step in jobs["test"]["steps"]]
+    test_steps = jobs["test"]["steps"]
+    test_runs = [step.get("run") for step in test_steps]
     assert "make lint" in test_runs and "make test" in test_runs
-    assert jobs["package"]["if"] == "github.event_name == 'push'"
-    assert any(step.get("run") == "make package STAGE=prod" for step in jobs["package"]["steps"])
+    # The package is built (after the tests) in the same job, on pushes, and uploaded as it is.
+    (package,) = [step for step in test_steps if "make package STAGE=prod" in (step.get("run") or "")]
+    assert package["if"] == "github.event_name == 'push'"
+    assert test_runs.index(package["run"]) > test_runs.index("make test")
     deploy_job = jobs["deploy"]
-    assert deploy_job["if"] == "startsWith(github.ref, 'refs/tags/v')" and deploy_job["needs"] == "package"
-    assert any(step.get("run") == "make deploy STAGE=prod" for step in deploy_job["steps"])
+    assert deploy_job["if"] == "startsWith(github.ref, 'refs/tags/v')" and deploy_job["needs"] == "test"
+    runs = "\n".join(step.get("run") or "" for step in deploy_job["steps"])
+    assert "aws cloudformation deploy" in runs and "build/prod/packaged.json" in runs
     assert deploy_job["permissions"]["id-token"] == "write"
 
 
@@ -165,7 +169,7 @@ def test_every_secret_and_variable_ci_uses_is_documented():
 
     text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     used = set(re.findall(r"\$\{\{\s*(?:secrets|vars)\.([A-Z_]+)\s*\}\}", text))
-    assert {"AWS_DEPLOY_ROLE_ARN", "WEBHOOK_SECRET", "AWS_REGION", "DEPLOY_STATE_BUCKET"} <= used
+    assert {"AWS_DEPLOY_ROLE_ARN", "WEBHOOK_SECRET", "AWS_REGION", "ARTIFACT_BUCKET"} <= used
     docs = (ROOT / "docs" / "deploy.md").read_text()
     assert all(f"`{name}`" in docs for name in used), used
 

@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """\
 import json, urllib.request, uuid, boto3
 from devstack.stack import MotoServer
-import infra
+from infra.definitions import UPLOAD_CORS_RULES
 m = MotoServer("127.0.0.1", 0)
 s3 = boto3.client("s3", endpoint_url=m.url, region_name="us-east-1", aws_access_key_id="t",
                   aws_secret_access_key="t")
 s3.create_bucket(Bucket="with-rule")
-s3.put_bucket_cors(Bucket="with-rule", CORSConfiguration={"CORSRules": infra.UPLOAD_CORS_RULES})
+s3.put_bucket_cors(Bucket="with-rule", CORSConfiguration={"CORSRules": UPLOAD_CORS_RULES})
 s3.create_bucket(Bucket="no-rule")
 out = {}
 for bucket in ("with-rule", "no-rule"):

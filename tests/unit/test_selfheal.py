@@ -163,23 +163,47 @@ def test_poison_messages_go_to_the_dead_letter_queue_with_the_reason(env, tmp_pa
 
 
 def test_a_full_work_dir_on_an_inline_job_is_a_507_in_our_words(env):
+    from chalice.test import Client
+
+    import app as app_module
+    from chalicelib.bootstrap import build_service
+    from chalicelib.faults import public_error
+
     def full_disk(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device", "/tmp/stitch-x/output.mp3")
 
     env.put_tone("a.mp3", 0.5)
-    service = type(env.service)(env.settings, env.service.store, env.service.jobs, env.service.queue,
-                                env.service.notifier, sources=env.service.sources, stitch=full_disk)
-    from chalicelib.faults import public_error
-
-    with pytest.raises(OSError) as info:
-        service.submit({"message_parts": ["a.mp3"]})
-    error = public_error(info.value)
-    assert error.status == 507 and error.code == "insufficient_storage" and not error.permanent
-    assert "ran out of disk space" in error.message and "/tmp" not in error.message
-    # ffmpeg saying so counts too, and its stderr never reaches the client.
-    engine = StitchError("ffmpeg failed (exit 1): [out#0] Error writing trailer: No space left on device")
-    assert public_error(engine).code == "insufficient_storage"
+    app_module.set_service(build_service(env.settings, stitch=full_disk))
+    try:
+        with Client(app_module.app) as client:
+            r = client.http.post("/stitch", headers={"Content-Type": "application/json"},
+                                 body=json.dumps({"message_parts": ["a.mp3"]}))
+    finally:
+        app_module.set_service(None)
+    assert r.status_code == 507 and r.headers["Retry-After"] == "5", r.body
+    error = json.loads(r.body)["error"]
+    assert error["code"] == "insufficient_storage" and "ran out of disk space" in error["message"]
+    assert "/tmp" not in error["message"] and "Errno" not in error["message"]
     assert env.work_dir_entries() == []
+    # ffmpeg saying so counts too, and its stderr never reaches the client; a job retries it.
+    engine = StitchError("ffmpeg failed (exit 1): [out#0] Error writing trailer: No space left on device")
+    assert public_error(engine).code == "insufficient_storage" and not public_error(engine).permanent
+
+
+def test_engine_failures_reach_jobs_and_webhooks_in_our_words(env):
+    from chalicelib.bootstrap import build_service
+
+    def broken(*_a, **_k):
+        raise StitchError("ffmpeg failed (exit 234): [libvorbis @ 0x39de1cc0] encoder setup failed")
+
+    with Receiver() as hook:
+        job_id = _queued(env, webhook_url=hook.url)
+        service = build_service(env.settings, stitch=broken)
+        assert service.run_job(job_id) == "failed"
+        job = service.jobs.get(job_id)
+        assert job.error["message"].startswith("the audio engine failed") and "libvorbis" not in job.error["message"]
+        [sent] = hook.bodies()
+        assert sent["error"] == job.error and "ffmpeg" not in json.dumps(sent)
 
 
 def test_a_hung_aws_endpoint_answers_503_with_retry_after_within_10s(env, monkeypatch):

@@ -71,9 +71,13 @@ def test_app_records_cache_hits_bytes_and_job_outcomes(monkeypatch, capsys):
 
     import app
 
+    class Hit:  # what service.submit returns for a cache hit: not Queued, so a 200
+        def body(self):
+            return {"cached": True, "size_bytes": 1234, "cache_key": "k"}
+
     class Service:
         def submit(self, body):
-            return 200, {"cached": True, "size_bytes": 1234, "cache_key": "k"}
+            return Hit()
 
         def run_job(self, job_id, *, receive_count=1):
             return "succeeded"
