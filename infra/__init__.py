@@ -22,6 +22,7 @@ from .definitions import (
     LAMBDA_RUNTIME,
     PUBLIC_ACCESS_BLOCK,
     SWEEPER_FUNCTION,
+    UPLOAD_CORS_RULES,
     WORKER_EPHEMERAL_MB,
     WORKER_FUNCTION,
     WORKER_FUNCTION_ID,
@@ -36,7 +37,7 @@ from .stages import CONFIG_PATH, resolve_region, stage_environment, stage_settin
 
 __all__ = [
     "API_EPHEMERAL_MB", "API_FUNCTION", "API_FUNCTION_ID", "FUNCTIONS", "SWEEPER_FUNCTION", "APP_NAME", "CONFIG_PATH", "LAMBDA_RUNTIME",
-    "PUBLIC_ACCESS_BLOCK", "WORKER_EPHEMERAL_MB", "WORKER_FUNCTION", "WORKER_FUNCTION_ID", "ProvisionError",
+    "PUBLIC_ACCESS_BLOCK", "UPLOAD_CORS_RULES", "WORKER_EPHEMERAL_MB", "WORKER_FUNCTION", "WORKER_FUNCTION_ID", "ProvisionError",
     "cloudformation_template", "ensure_resources", "ensure_table", "function_name", "iam_policies", "main",
     "policy_file", "resolve_region", "stage_environment", "stage_resources", "stage_settings",
     "visibility_timeout",
