@@ -323,7 +323,17 @@ stereo, LAME-tagged): {sizes}.
   encoders compete with each other and with the baseline's single encoder, and the ratio tends to
   1x or above. Judge the parallel targets on a quiet machine.
 - The copy-join row includes the CLI's start-up (interpreter and imports), a fixed cost that `cat`
-  does not pay, and a good part of the gap on L.
+  does not pay, and a good part of the gap on L. In CPU time (user+sys of the process tree,
+  interleaved pairs, 2026-12-01): the CLI takes 0.19 s for L against `cat`'s 0.09 s: Python's
+  start-up 0.025 s, the CLI's imports about 0.03 s, reading and writing the 173 MB (what `cat`
+  does) 0.09-0.10 s, the frame walk 0.015 s. Reading and writing alone are `cat`, so 1.3x leaves
+  0.03 s for everything else: below what the interpreter costs to start.
+- On a loaded machine the wall-time ratios follow the CPU-time ratios. In CPU time the exact join
+  of P costs 1.3x the concat-filter command (Python 0.22 s: start-up, probing 100 parts, the
+  chunk reader and the MP3 assembler; the decoder and 4 chunk encoders about what one ffmpeg
+  pays), chunked MP3 1.06-1.12x one pass, and loudness matching adds one decode-only ebur128
+  pass per part (0.7 s of CPU per 3 min of MP3, against about 1.8 s to encode it): with no
+  spare core, the 0.7x / 0.6x / 1.1x targets cannot be met; they need idle cores.
 - The tree peak counts the engine's Python plus every ffmpeg it runs at the same moment (decoders,
   chunk encoders, loudness measurements), so it grows with the number of cores used.
 

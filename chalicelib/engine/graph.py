@@ -151,7 +151,7 @@ def streamed_pcm(segments: list[Segment], layout: Layout, target_lufs: float | N
 
     def pump() -> None:
         try:
-            with open(write_fd, "wb") as sink, measuring(measured) as futures:
+            with open(write_fd, "wb") as sink, measuring(measured, target_lufs, ceiling_dbtp) as futures:
                 level_of = dict(zip(map(id, measured), futures, strict=True))
                 for i, s in enumerate(segments):
                     f = level_of.get(id(s))
