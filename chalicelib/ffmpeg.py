@@ -1,10 +1,13 @@
 """Find the ffmpeg binary. No ffprobe is ever needed (no wheel we can ship provides it)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,3 +82,34 @@ def dies_with_parent() -> dict:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return {"preexec_fn": preexec}
+
+
+class Children:
+    """Processes one job starts from several threads; ``kill()`` ends those running (and reaps
+    them) and refuses new ones, so a failed job leaves no ffmpeg behind."""
+
+    def __init__(self, stopped: str = "stopped: the job failed") -> None:
+        self._lock = threading.Lock()
+        self._procs: list[subprocess.Popen] = []
+        self._killed = False
+        self._stopped = stopped
+
+    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        from .errors import StitchError
+
+        with self._lock:
+            if self._killed:
+                raise StitchError(self._stopped)
+            proc = subprocess.Popen(cmd, **kwargs, **dies_with_parent())
+            self._procs.append(proc)
+            return proc
+
+    def kill(self) -> None:
+        with self._lock:
+            self._killed = True
+            for proc in self._procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()  # a no-op once the process has been waited for
+            for proc in self._procs:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)

@@ -7,13 +7,12 @@ import contextlib
 import os
 import re
 import subprocess
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import StitchError, UnsupportedAudio
-from ..ffmpeg import dies_with_parent, ffmpeg_command
+from ..errors import UnsupportedAudio
+from ..ffmpeg import Children, ffmpeg_command
 from .segment import Segment
 
 SILENCE_LUFS = -70.0  # at or below: a silent part, leave its level alone
@@ -41,30 +40,6 @@ class Level:
 
 def _number(text: str) -> float:
     return float("-inf") if text == "-inf" else float(text)
-
-
-class Children:
-    """Processes started from several threads; ``kill()`` ends those running and refuses new ones."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self._killed = False
-
-    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
-        with self._lock:
-            if self._killed:
-                raise StitchError("stopped: the job failed")
-            proc = subprocess.Popen(cmd, **kwargs, **dies_with_parent())
-            self._procs.append(proc)
-            return proc
-
-    def kill(self) -> None:
-        with self._lock:
-            self._killed = True
-            for proc in self._procs:
-                with contextlib.suppress(OSError):
-                    proc.kill()  # a no-op once the process has been waited for
 
 
 def measure(segment: Segment, children: Children | None = None, target_lufs: float | None = None,

@@ -14,11 +14,9 @@ Formats whose chunks cannot be joined exactly here are encoded in one pass by on
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import StitchError
-from ..ffmpeg import ffmpeg_binary
+from ..ffmpeg import Children, ffmpeg_binary
 from ..options import FORMATS, SAMPLE_RATES
 from .mp3 import build_tag_frame, parse_vbr_tag
 from .mp3.reservoir import Frame, FrameReader, Relayer, ReservoirError
@@ -54,8 +52,6 @@ MIN_CHUNK_S = 5.0
 MAX_CHUNK_S = 30.0
 DEFAULT_CHUNK_S = 20.0
 _READ_BYTES = 1 << 20
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = int(signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -167,44 +163,6 @@ def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None
     return frames * spf
 
 
-def _no_orphans() -> None:
-    """In the child before exec: die with the thread that started us (we are never left running)."""
-    _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
-
-
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved now: nothing is looked up after fork
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
-
-
-class _Children:
-    """Encoder processes of one job; ``kill()`` ends those running and refuses new ones."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self._killed = False
-
-    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
-        with self._lock:
-            if self._killed:
-                raise StitchError("encoding stopped: the job failed")
-            proc = subprocess.Popen(cmd, preexec_fn=_no_orphans if _prctl else None, **kwargs)
-            self._procs.append(proc)
-            return proc
-
-    def kill(self) -> None:
-        with self._lock:
-            self._killed = True
-            for proc in self._procs:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-            for proc in self._procs:
-                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
-
-
 def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes] | None:
     """The next whole samples (maybe none: a pipe may return a few bytes) and the bytes of a sample
     cut in half, kept for the next call; None at EOF."""
@@ -221,7 +179,7 @@ def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     """One ffmpeg reading the PCM from its stdin: the encode path's command, fed by us."""
     cmd = job.input_args("pipe:0") + encoder_args(job.fmt, job.rate, job.channels, job.bitrate)
     cmd += ["-f", FORMATS[job.fmt].muxer, str(tmp)]
-    children = _Children()
+    children = Children("encoding stopped: the job failed")
     consumed = 0
     with tempfile.TemporaryFile() as err:
         proc = children.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
@@ -278,7 +236,7 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
     spf = job.frame_samples
     pre, post = PRE_ROLL_FRAMES * spf, POST_ROLL_FRAMES * spf
     work = Path(tempfile.mkdtemp(prefix=".chunks-", dir=tmp.parent))
-    children = _Children()
+    children = Children("encoding stopped: the job failed")
     # Chunks whose PCM or MP3 is on disk: the reader waits while this many are not yet joined.
     slots = threading.BoundedSemaphore(workers + 2)
     chunks: queue.SimpleQueue = queue.SimpleQueue()
@@ -367,7 +325,7 @@ class _Empty:
         return b""
 
 
-def _encode_chunk(c: _Chunk, job: _Job, children: _Children) -> None:
+def _encode_chunk(c: _Chunk, job: _Job, children: Children) -> None:
     """Encode one chunk's PCM file to MP3 with the job's encoder options; delete the PCM."""
     cmd = job.input_args(str(c.pcm_path)) + encoder_args("mp3", job.rate, job.channels, job.bitrate)
     # No ID3 tag; the Info frame stays: it tells the encoder delay.

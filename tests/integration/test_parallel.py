@@ -474,7 +474,7 @@ def test_a_failing_source_stops_the_encoders_and_cleans_up(tmp_path):
 
 def test_children_die_with_the_thread_that_started_them():
     """PR_SET_PDEATHSIG: an encoder whose starter is gone (we were killed) does not run on."""
-    children = parallel._Children()
+    children = parallel.Children()
     started = []
     t = threading.Thread(target=lambda: started.append(children.popen(["sleep", "30"])))
     t.start()
