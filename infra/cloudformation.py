@@ -27,6 +27,7 @@ from .definitions import (
     AlarmSpec,
     BucketSpec,
     QueueSpec,
+    alarm_properties,
     bucket_policy,
     function_name,
     lifecycle_rules,
@@ -99,17 +100,7 @@ def _alarm(spec: AlarmSpec) -> dict:
     return {
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
-            "AlarmName": spec.name,
-            "AlarmDescription": spec.description,
-            "Namespace": spec.namespace,
-            "MetricName": spec.metric,
-            "Dimensions": [{"Name": spec.dimension[0], "Value": value}],
-            "Statistic": spec.statistic,
-            "Period": spec.period,
-            "EvaluationPeriods": 1,
-            "Threshold": spec.threshold,
-            "ComparisonOperator": "GreaterThanThreshold",
-            "TreatMissingData": "notBreaching",
+            **alarm_properties(spec, value),
             "AlarmActions": {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]},
         },
     }

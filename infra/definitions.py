@@ -236,3 +236,22 @@ UPLOAD_CORS_RULES = [{
     "ExposeHeaders": ["ETag"],
     "MaxAgeSeconds": 3000,
 }]
+
+
+def alarm_properties(spec: AlarmSpec, dimension_value) -> dict:
+    """The alarm as PutMetricAlarm and CloudFormation both spell it; ``dimension_value`` is the
+    function name (provision) or a reference to it (the template)."""
+    return {
+        "AlarmName": spec.name,
+        "AlarmDescription": spec.description,
+        "Namespace": spec.namespace,
+        "MetricName": spec.metric,
+        "Dimensions": [{"Name": spec.dimension[0], "Value": dimension_value}],
+        "Statistic": spec.statistic,
+        "Period": spec.period,
+        "EvaluationPeriods": 1,
+        "Threshold": spec.threshold,
+        "ComparisonOperator": "GreaterThanThreshold",
+        # No data means an idle queue or an idle worker, not a problem.
+        "TreatMissingData": "notBreaching",
+    }

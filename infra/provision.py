@@ -22,6 +22,7 @@ from .definitions import (
     ProvisionError,
     QueueSpec,
     TableSpec,
+    alarm_properties,
     bucket_policy,
     lifecycle_rules,
     stage_resources,
@@ -165,20 +166,7 @@ def ensure_sender(ses, address: str) -> dict:
 
 def alarm_request(spec: AlarmSpec) -> dict:
     """PutMetricAlarm arguments (replacing an alarm of that name converges it)."""
-    return {
-        "AlarmName": spec.name,
-        "AlarmDescription": spec.description,
-        "Namespace": spec.namespace,
-        "MetricName": spec.metric,
-        "Dimensions": [{"Name": spec.dimension[0], "Value": spec.dimension[1]}],
-        "Statistic": spec.statistic,
-        "Period": spec.period,
-        "EvaluationPeriods": 1,
-        "Threshold": spec.threshold,
-        "ComparisonOperator": "GreaterThanThreshold",
-        # No data means an idle queue or an idle worker, not a problem.
-        "TreatMissingData": "notBreaching",
-    }
+    return alarm_properties(spec, spec.dimension[1])
 
 
 def ensure_alarms(cloudwatch, alarms: tuple[AlarmSpec, ...]) -> dict:
