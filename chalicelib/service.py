@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from .config import Settings
 from .errors import BadRequest, NotFound, TransientError
@@ -35,27 +36,28 @@ _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 @dataclass(frozen=True)
-class Cached:
-    """Answered from the cache: the stored result, with a freshly presigned link."""
+class _Stored:
+    """A stored result with a freshly presigned link; ``cached`` says whether this request made it."""
 
     result: StoredResult
     url: str
     expires_at: str
+    cached: ClassVar[bool]
 
     def body(self) -> dict:
-        return self.result.public(url=self.url, expires_at=self.expires_at, cached=True)
+        return self.result.public(url=self.url, expires_at=self.expires_at, cached=self.cached)
 
 
-@dataclass(frozen=True)
-class Rendered:
+class Cached(_Stored):
+    """Answered from the cache."""
+
+    cached = True
+
+
+class Rendered(_Stored):
     """Made during the request (small enough), and stored as the cache object."""
 
-    result: StoredResult
-    url: str
-    expires_at: str
-
-    def body(self) -> dict:
-        return self.result.public(url=self.url, expires_at=self.expires_at, cached=False)
+    cached = False
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,10 @@
 """`audio-stitch remote` and audio_stitch.client against the real local stack (uploads go to moto's S3)."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ import pytest
 from audio_stitch.client import ApiError, Client, JobFailed, StitchResult, Ticket, UploadSlot
 from tests import openapi
 from tests.audio import decoded_duration, make_tone
+from tests.tty import run_on_tty
 
 from .conftest import http
 
@@ -27,24 +24,7 @@ COMMAND = Path(sys.executable).parent / "audio-stitch"
 def run_in_pty(cmd: list[str], cwd: Path) -> tuple[int, bytes, bytes]:
     """Run with stderr on a terminal (so progress bars are drawn); returns (status, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AUDIO_STITCH_API")}
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
-    os.close(slave)
-    err = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        err += chunk
-    out = proc.stdout.read()
-    proc.stdout.close()
-    status = proc.wait(timeout=120)
-    os.close(master)
-    return status, out, err
+    return run_on_tty(cmd, cwd=cwd, env=env, columns=120)
 
 
 @pytest.fixture

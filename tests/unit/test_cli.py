@@ -1,20 +1,17 @@
 """The stitch CLI: JSON on stdout, one-line errors naming the option or part, a bar only on a tty."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import pytest
 
 from audio_stitch.stitch import main, parse_part
 from tests.audio import decoded_duration, make_tone
+from tests.tty import run_on_tty
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,25 +97,7 @@ def run_cli(args, tty: bool):
     if not tty:
         proc = subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
         return proc.returncode, proc.stdout, proc.stderr
-    master, slave = pty.openpty()
-    # A fresh pty has a 0x0 window; a real terminal has a size, and tqdm draws to fit it.
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT)
-    os.close(slave)
-    err = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        err += chunk
-    out = proc.stdout.read()
-    proc.stdout.close()
-    code = proc.wait()
-    os.close(master)
-    return code, out, err
+    return run_on_tty(cmd, cwd=ROOT, env=env)
 
 
 def test_progress_bar_only_on_a_tty(files, tmp_path):
