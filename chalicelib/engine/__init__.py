@@ -158,9 +158,9 @@ class _NotClean(Exception):
 
 
 def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
-    def scan_part(i: int, head: mp3.Mp3Head, buf: bytearray, fd: int, copy_to: tuple[int, int]) -> mp3.Mp3Scan:
+    def scan_part(i: int, head: mp3.Mp3Head, fd: int, copy_to: tuple) -> mp3.Mp3Scan:
         try:
-            return mp3.scan(head.path, head, buf, fd, copy_to)
+            return mp3.scan(head.path, head, None, fd, copy_to)
         except mp3.Mp3Truncated as exc:
             raise UnsupportedAudio(f"{infos[i].label}: {exc}", part=i) from None
         except mp3.Mp3Error:

@@ -1,6 +1,8 @@
 """Copy-mode joins: frame walking, tag stripping, and a header that tells the true duration."""
 from __future__ import annotations
 
+import errno
+import os
 import struct
 
 import mutagen.mp3
@@ -222,3 +224,71 @@ def test_constant_bitrate_fast_path_agrees_with_frame_walk(tones, monkeypatch, n
     assert (fast.frames, fast.start, fast.end, fast.variable_bitrate) == (
         slow.frames, slow.start, slow.end, slow.variable_bitrate)
     assert list(fast.offsets) == list(slow.offsets)
+
+
+@pytest.mark.parametrize("chunk", [1000, None])
+def test_copy_join_writes_every_frame_in_place(tones, tmp_path, monkeypatch, chunk):
+    """The output is the new tag frame, then each part's audio frames byte for byte, in order:
+    the writer thread writes every chunk the walk hands it at its place, also with small chunks
+    (frames straddling reads, many handoffs) and with parts that carry ID3v2/APE/ID3v1 tags."""
+    import importlib
+
+    from chalicelib.engine.mp3.tags import tag_frame_header
+
+    join = importlib.import_module("chalicelib.engine.mp3.join")
+    if chunk:
+        monkeypatch.setattr(join, "CHUNK", chunk)
+    names = ("c", "tagged", "a", "c")
+    out = tmp_path / "j.mp3"
+    result = stitch([PartInput(tones[n]) for n in names], out, COPY)
+    scans = [mp3.scan(tones[n]) for n in names]
+    _, tag_size = tag_frame_header(scans[0].header)
+    data = out.read_bytes()
+    assert data[tag_size:] == b"".join(tones[n].read_bytes()[s.start:s.end] for n, s in zip(names, scans, strict=True))
+    assert result.size_bytes == len(data) == tag_size + sum(s.end - s.start for s in scans)
+    assert mp3.scan(out).vbr_tag.frames == sum(s.frames for s in scans)
+
+
+@pytest.mark.parametrize("chunk", [1000, None])
+def test_copy_join_names_a_truncated_part_and_leaves_nothing(tones, tmp_path, monkeypatch, chunk):
+    import importlib
+
+    from chalicelib.errors import UnsupportedAudio
+
+    join = importlib.import_module("chalicelib.engine.mp3.join")
+    if chunk:
+        monkeypatch.setattr(join, "CHUNK", chunk)
+    data = tones["c"].read_bytes()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cut = inputs / "cut.mp3"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    out_dir = tmp_path / "out"
+    with pytest.raises(UnsupportedAudio) as exc:
+        stitch([PartInput(tones["a"]), PartInput(cut), PartInput(tones["b"])], out_dir / "j.mp3", COPY)
+    with pytest.raises(mp3.Mp3Truncated, match="cut off") as walked:
+        mp3.scan(cut)
+    assert exc.value.part == 1
+    assert exc.value.message == f"part 1 (cut.mp3): {walked.value}"
+    assert list(out_dir.iterdir()) == []  # neither the output nor its temp file
+
+
+def test_frame_writer_raises_a_write_error_unless_abandoned(tmp_path):
+    from chalicelib.engine.mp3.walk import FrameWriter
+
+    target = tmp_path / "ro"
+    target.write_bytes(b"")
+    fd = os.open(target, os.O_RDONLY)  # every pwrite fails with EBADF, in the writer thread
+    try:
+        writer = FrameWriter(fd, 16)
+        writer.buffer()[:4] = b"abcd"
+        writer.submit(4, 0)
+        with pytest.raises(OSError) as exc:
+            writer.close()
+        assert exc.value.errno == errno.EBADF
+        abandoned = FrameWriter(fd, 16)
+        abandoned.write(b"xyz", 0)
+        abandoned.close(abandon=True)  # the caller's own error is the one to raise
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b""

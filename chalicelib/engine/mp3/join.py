@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .frames import OFFSET_STRIDE
 from .tags import build_tag_frame, played_samples, tag_frame_header
-from .walk import CHUNK, Mp3Head, Mp3Scan, scan
+from .walk import CHUNK, FrameWriter, Mp3Head, Mp3Scan, scan
 
 
 def toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
@@ -63,40 +63,47 @@ class JoinInfo:
 
 
 def join(heads: list[Mp3Head], out_path: str | Path,
-         scan_part: Callable[[int, Mp3Head, bytearray, int, tuple[int, int]], Mp3Scan] | None = None) -> JoinInfo:
+         scan_part: Callable[[int, Mp3Head, int, tuple[FrameWriter, int]], Mp3Scan] | None = None) -> JoinInfo:
     """Write every part's audio frames, in order, behind one new Xing/Info + LAME tag frame.
 
-    ``scan_part(i, head, buf, fd, copy_to)`` walks part i (open as ``fd``) with the read buffer
-    ``buf``, writing its frames to ``copy_to = (out_fd, offset)`` as it goes (``walk.scan``), and
-    may raise for a bad part. Each part is opened once and each byte read once: the frames are
-    written from the buffer the walk read them into. (A kernel copy after the walk, even
-    overlapped in a thread, cost 1.3x the CPU: it reads every byte a second time.)
+    ``scan_part(i, head, fd, copy_to)`` walks part i (open as ``fd``), writing its frames to
+    ``copy_to = (writer, offset)`` as it goes (``walk.scan``), and may raise for a bad part.
+    Each part is opened once and each byte read once: the frames are written from the buffers
+    the walk read them into, by a FrameWriter thread while the walk reads on. (A kernel copy
+    (copy_file_range) after the walk, even overlapped in a thread, cost 1.3x the CPU: it reads
+    every byte a second time; from an mmap'ed walk it costs more than the reads it saves.)
     """
     if not heads or not compatible(heads):
         raise ValueError("join needs at least one part and compatible streams")
-    scan_part = scan_part or (lambda _i, head, buf, fd, copy_to: scan(head.path, head, buf, fd, copy_to))
+    scan_part = scan_part or (lambda _i, head, fd, copy_to: scan(head.path, head, None, fd, copy_to))
     h = heads[0].header
     spf = h.samples
     _, tag_size = tag_frame_header(h)
     scans: list[Mp3Scan] = []
-    # One read buffer for every part, sized to the largest: a fresh 1 MB per part costs more in
-    # zero-filling than walking a short part does.
-    buf = bytearray(min(CHUNK, max(4, max(x.end_limit - x.audio_start for x in heads))))
+    # Read buffers shared by every part, sized to the largest: a fresh 1 MB per part costs more
+    # in zero-filling than walking a short part does.
+    size = min(CHUNK, max(4, max(x.end_limit - x.audio_start for x in heads)))
     # No O_TRUNC: truncating a file (even an empty one) makes ext4 flush it at close
     # ("auto_da_alloc"), which costs more than the join; the size is set at the end instead.
     with open(os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o644), "wb", closefd=True) as dst:
         dst_fd = dst.fileno()
         at = tag_size  # the tag frame is written last, once the counts are known
-        for i, head in enumerate(heads):
-            src = os.open(head.path, os.O_RDONLY)
-            try:
-                s = scan_part(i, head, buf, src, (dst_fd, at))
-            finally:
-                os.close(src)
-            if s.start != head.audio_start or s.end > head.end_limit:
-                raise ValueError("scan_part must walk the part from its head")
-            scans.append(s)
-            at += s.end - s.start
+        writer = FrameWriter(dst_fd, size)
+        try:
+            for i, head in enumerate(heads):
+                src = os.open(head.path, os.O_RDONLY)
+                try:
+                    s = scan_part(i, head, src, (writer, at))
+                finally:
+                    os.close(src)
+                if s.start != head.audio_start or s.end > head.end_limit:
+                    raise ValueError("scan_part must walk the part from its head")
+                scans.append(s)
+                at += s.end - s.start
+        except BaseException:
+            writer.close(abandon=True)  # no write may outlive dst's descriptor
+            raise
+        writer.close()
         os.ftruncate(dst_fd, at)
         total_frames = sum(s.frames for s in scans)
         vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
