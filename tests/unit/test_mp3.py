@@ -292,3 +292,26 @@ def test_frame_writer_raises_a_write_error_unless_abandoned(tmp_path):
     finally:
         os.close(fd)
     assert target.read_bytes() == b""
+
+
+def test_copy_join_without_fallocate_writes_the_same_bytes(tones, tmp_path, monkeypatch):
+    """Where the file system cannot preallocate, the join writes the same file; a full disk is
+    still an error."""
+    parts = [PartInput(tones[n]) for n in ("a", "c", "b")]
+    stitch(parts, tmp_path / "reserved.mp3", COPY)
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    stitch(parts, tmp_path / "plain.mp3", COPY)
+    assert (tmp_path / "plain.mp3").read_bytes() == (tmp_path / "reserved.mp3").read_bytes()
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as exc:
+        stitch(parts, tmp_path / "full" / "o.mp3", COPY)
+    assert exc.value.errno == errno.ENOSPC
+    assert list((tmp_path / "full").iterdir()) == []

@@ -1,6 +1,7 @@
 """Join MP3 files frame by frame: every part's audio frames behind one new Xing/Info + LAME frame."""
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Callable
@@ -52,6 +53,20 @@ def kept_padding(scans: list[Mp3Scan]) -> list[int]:
     return [a.encoder_padding + b.encoder_delay for a, b in itertools.pairwise(scans)]
 
 
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve the output's blocks in one call: ext4 then skips its per-page delayed-allocation
+    bookkeeping on every write, about 15 % of the kernel time of writing L. (Where the file
+    system has no fallocate, glibc emulates it by writing a byte per block: slower, same bytes.)
+    The size is the parts' frame bytes plus the tag frame: exact unless a part ends in stray
+    bytes, and the file is cut to its real size at the end anyway."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        # EOPNOTSUPP/EINVAL/ENOSYS...: nothing reserved, the writes allocate as they go
+
+
 @dataclass
 class JoinInfo:
     frames: int
@@ -87,6 +102,7 @@ def join(heads: list[Mp3Head], out_path: str | Path,
     # ("auto_da_alloc"), which costs more than the join; the size is set at the end instead.
     with open(os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o644), "wb", closefd=True) as dst:
         dst_fd = dst.fileno()
+        _preallocate(dst_fd, tag_size + sum(x.end_limit - x.audio_start for x in heads))
         at = tag_size  # the tag frame is written last, once the counts are known
         writer = FrameWriter(dst_fd, size)
         try:
