@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from .records import asdict, fields, record
 
 from .errors import BadRequest
 
@@ -17,7 +17,7 @@ from .errors import BadRequest
 ENGINE_VERSION = "2"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Format:
     name: str
     extension: str
@@ -107,7 +107,7 @@ def reject_unknown(data: dict, allowed: set[str], prefix: str = "") -> None:
             raise BadRequest(f"unknown field {where}", field=where)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartOptions:
     """Per-part trim (seconds in the source) and gain."""
 
@@ -143,7 +143,7 @@ class PartOptions:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Options:
     """Job-wide output options. ``None`` means "keep what the inputs have" where that applies."""
 

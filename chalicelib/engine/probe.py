@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from ..records import field, record
 from pathlib import Path
 
 from ..errors import PartNotFound, UnsupportedAudio, part_label
 from . import mp3
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AudioInfo:
     """What the engine (and the API's work estimate) needs to know about one input."""
 

@@ -1,13 +1,13 @@
 """The engine's public data types (no heavy imports: the API reads Result dicts too)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ..records import field, record
 from pathlib import Path
 
 from ..options import PartOptions
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartInput:
     """One input file, in output order. ``name`` is used in error messages (defaults to the file name)."""
 
@@ -20,7 +20,7 @@ class PartInput:
         return self.name or Path(self.path).name
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartSpan:
     """Where a part sits in the output (chapters / cue points), in seconds as a decoder plays it.
 
@@ -39,7 +39,7 @@ class PartSpan:
         return data
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Result:
     """What ``stitch`` wrote. ``join`` is how: "copy" (MP3 frames joined as they are, keeping
     ``added_silence_ms`` of encoder padding at the joins) or "exact" (decoded and re-encoded to

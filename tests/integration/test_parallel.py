@@ -18,7 +18,6 @@ and +-2 frames covers both frames' overlap-add). Asserted:
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import subprocess
@@ -30,6 +29,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from chalicelib import records
 from chalicelib.engine import encode as encode_module
 from chalicelib.engine import parallel
 from chalicelib.engine.graph import Layout
@@ -197,7 +197,7 @@ def test_relay_writes_valid_crcs_for_protected_frames(tmp_path):
     """A CRC-protected frame loses 2 bytes of room; the CRC over header and new side info is right."""
     src = lame(tmp_path, music(3, 44100, 2), 44100, "128k")
     frames = list(FrameReader(open(src, "rb")))
-    protected = [Frame(dataclasses.replace(f.header, protected=True),
+    protected = [Frame(records.replace(f.header, protected=True),
                        bytes((f.head[0], f.head[1] & 0xFE, f.head[2], f.head[3])), f.side, f.main) for f in frames]
     relay(protected, tmp_path / "crc.mp3")
     def checked(path: Path) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from ...records import record
 from functools import lru_cache
 
 # Keep one byte offset per this many frames: enough to build a 100-entry TOC for any
@@ -35,7 +35,7 @@ class Mp3Truncated(Mp3Error):
     """The stream stops early: a cut-off last frame, or fewer frames than its header announces."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FrameHeader:
     """The fields of a 4-byte MPEG audio frame header that matter for joining."""
 

@@ -5,7 +5,7 @@ import errno
 import itertools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from ...records import record
 from pathlib import Path
 
 from .frames import OFFSET_STRIDE
@@ -67,7 +67,7 @@ def _preallocate(fd: int, size: int) -> None:
         # EOPNOTSUPP/EINVAL/ENOSYS...: nothing reserved, the writes allocate as they go
 
 
-@dataclass
+@record
 class JoinInfo:
     frames: int
     samples: int  # decoded samples of the whole output

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from ...records import record
 from enum import IntFlag
 
 from .frames import BITRATES, DECODER_DELAY, LAYER_BITS, RATES, V1, FrameHeader, frame_size
@@ -23,7 +23,7 @@ _LAME_ENCODERS = (b"LAME", b"Lavf", b"Lavc", b"L3.9")
 _TAG_BYTES = 120 + 36
 
 
-@dataclass
+@record
 class VbrTag:
     """A Xing/Info or VBRI frame at the start of the stream (it carries no audio)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from dataclasses import dataclass, field
+from ...records import field, record
 from pathlib import Path
 
 from .frames import OFFSET_STRIDE, FrameHeader, Mp3Error, Mp3Truncated, parse_header, run_pattern, size_table
@@ -13,7 +13,7 @@ from .tags import VbrTag, parse_vbr_tag, played_samples
 CHUNK = 1 << 20
 
 
-@dataclass
+@record
 class Mp3Scan:
     """What a frame walk found in one file: where the audio frames are and how long they play."""
 
@@ -112,7 +112,7 @@ def _first_frame(buf: bytes, start: int, limit: int) -> tuple[int, FrameHeader]:
         pos += 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mp3Head:
     """What the start of an MPEG file says, without walking its frames."""
 
