@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from .records import asdict, fields, record
 
 from .errors import BadRequest
+from .records import asdict, fields, record
 
 # Bump when the engine's output for the same input and options changes: it is part of the
 # cache key, so old cached results stop being served.

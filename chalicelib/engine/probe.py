@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from ..records import field, record
 from pathlib import Path
 
 from ..errors import PartNotFound, UnsupportedAudio, part_label
+from ..records import field, record
 from . import mp3
 
 

@@ -1,10 +1,10 @@
 """The engine's public data types (no heavy imports: the API reads Result dicts too)."""
 from __future__ import annotations
 
-from ..records import field, record
 from pathlib import Path
 
 from ..options import PartOptions
+from ..records import field, record
 
 
 @record(frozen=True)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
-from ...records import record
 from functools import lru_cache
+
+from ...records import record
 
 # Keep one byte offset per this many frames: enough to build a 100-entry TOC for any
 # duration while memory stays a few hundred KB even for a 10-hour part.

@@ -5,9 +5,9 @@ import errno
 import itertools
 import os
 from collections.abc import Callable
-from ...records import record
 from pathlib import Path
 
+from ...records import record
 from .frames import OFFSET_STRIDE
 from .tags import build_tag_frame, played_samples, tag_frame_header
 from .walk import CHUNK, FrameWriter, Mp3Head, Mp3Scan, scan

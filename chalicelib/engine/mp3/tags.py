@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import struct
-from ...records import record
 from enum import IntFlag
 
+from ...records import record
 from .frames import BITRATES, DECODER_DELAY, LAYER_BITS, RATES, V1, FrameHeader, frame_size
 
 

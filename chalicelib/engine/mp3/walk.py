@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from ...records import field, record
 from pathlib import Path
 
+from ...records import field, record
 from .frames import OFFSET_STRIDE, FrameHeader, Mp3Error, Mp3Truncated, parse_header, run_pattern, size_table
 from .tags import VbrTag, parse_vbr_tag, played_samples
 
