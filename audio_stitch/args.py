@@ -4,9 +4,12 @@ Standard library only: `remote` must not import the engine.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the parser is built by the caller: a quick `stitch` never imports argparse
+    import argparse
 
 # (flag, option field, type, help): the flag is what the user typed, the field what errors name.
 OPTION_FLAGS = (

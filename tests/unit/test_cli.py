@@ -147,3 +147,49 @@ def test_output_that_is_a_directory_is_a_clear_error(files, tmp_path, capsys):
 def test_bad_trim_suffix_is_named(files, tmp_path, capsys):
     assert main([f"{files['a']}@abc", "-o", str(tmp_path / "o.mp3")]) == 2
     assert capsys.readouterr().err.startswith("error: part 0 (a.mp3): bad trim/gain suffix '@abc'")
+
+
+@pytest.mark.parametrize("argv", [
+    ["a.mp3", "b.mp3", "-o", "o.mp3"],
+    ["a.mp3", "-o", "o.mp3", "b.mp3", "--join", "copy"],
+    ["--join", "exact", "a.mp3", "--output", "o.wav", "--format", "wav"],
+    ["a.mp3@1-2@-3dB", "-o", "o.mp3", "--join", "auto"],
+])
+def test_quick_parse_reads_what_argparse_reads(argv):
+    from audio_stitch.args import option_values
+    from audio_stitch.stitch import _parser, _quick_args
+
+    quick, full = _quick_args(argv), _parser().parse_intermixed_args(argv)
+    assert quick is not None
+    assert (quick.parts, quick.output, quick.format, quick.join) == (full.parts, full.output, full.format, full.join)
+    assert option_values(quick) == option_values(full)
+
+
+@pytest.mark.parametrize("argv", [
+    ["a.mp3", "-o", "o.mp3", "--gap-ms", "5"],  # a flag it does not know
+    ["a.mp3", "-o"], ["a.mp3"], ["-o", "o.mp3"], [],  # argparse words what is missing
+    ["a.mp3", "-o", "o.mp3", "-o", "p.mp3"], ["a.mp3", "--output=o.mp3"], ["a.mp3", "-oo.mp3"],
+    ["a.mp3", "-o", "o.mp3", "--join", "fast"], ["a.mp3", "-o", "o.mp3", "--jo", "copy"],
+    ["-h"], ["a.mp3", "-o", "o.mp3", "--", "-b.mp3"], ["a.mp3", "-o", "-x.mp3"], ["", "-o", "o.mp3"],
+])
+def test_anything_else_is_left_to_argparse(argv):
+    from audio_stitch.stitch import _quick_args
+
+    assert _quick_args(argv) is None
+
+
+def test_copy_join_cli_imports_only_what_copying_needs(files, tmp_path):
+    """`audio-stitch stitch A B -o OUT --join copy` starts next to `cat` in the copy-join target:
+    argparse, dataclasses (inspect, ast, dis), typing, subprocess and the exact path's modules
+    are not imported (each costs milliseconds of a budget of a few dozen)."""
+    out = tmp_path / "o.mp3"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "audio_stitch", "stitch", str(files["a"]),
+                           str(files["a"]), "-o", str(out), "--join", "copy"], capture_output=True, env=env, cwd=ROOT,
+                          text=True)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["join"] == "copy"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "chalicelib.engine.mp3.walk" in imported  # the listing is real
+    heavy = {"argparse", "dataclasses", "inspect", "typing", "subprocess", "tqdm", "mutagen", "numpy",
+             "chalicelib.engine.encode", "chalicelib.engine.graph", "chalicelib.engine.segment", "chalicelib.ffmpeg"}
+    assert sorted(imported & heavy) == []
