@@ -229,8 +229,8 @@ def test_constant_bitrate_fast_path_agrees_with_frame_walk(tones, monkeypatch, n
 @pytest.mark.parametrize("chunk", [1000, None])
 def test_copy_join_writes_every_frame_in_place(tones, tmp_path, monkeypatch, chunk):
     """The output is the new tag frame, then each part's audio frames byte for byte, in order:
-    the writer thread writes every chunk the walk hands it at its place, also with small chunks
-    (frames straddling reads, many handoffs) and with parts that carry ID3v2/APE/ID3v1 tags."""
+    both copying threads write every chunk at its place, also with small chunks (frames and
+    headers straddling chunks, many turns) and with parts that carry ID3v2/APE/ID3v1 tags."""
     import importlib
 
     from chalicelib.engine.mp3.tags import tag_frame_header
@@ -273,23 +273,52 @@ def test_copy_join_names_a_truncated_part_and_leaves_nothing(tones, tmp_path, mo
     assert list(out_dir.iterdir()) == []  # neither the output nor its temp file
 
 
-def test_frame_writer_raises_a_write_error_unless_abandoned(tmp_path):
-    from chalicelib.engine.mp3.walk import FrameWriter
+@pytest.mark.parametrize("junk_chunk", [1, 2])  # walked by the helper thread / by the calling one
+def test_frame_copier_raises_what_either_thread_hit_and_goes_on(tones, tmp_path, junk_chunk):
+    from chalicelib.engine.mp3.walk import FrameCopier
+
+    data = tones["c"].read_bytes()
+    s = mp3.scan(tones["c"])
+    junk = tmp_path / "junk.mp3"
+    at = s.start + junk_chunk * 1000 + 100  # inside that chunk of 1000 bytes
+    junk.write_bytes(data[:at] + b"\x00" * 8 + data[at:])
+    with pytest.raises(mp3.Mp3Error, match="garbage at byte") as walked:
+        mp3.scan(junk)
+    where = int(str(walked.value).split("byte ")[1].split()[0])
+    assert (where - s.start) // 1000 == junk_chunk
+    out = tmp_path / "o.bin"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT)
+    copier = FrameCopier(fd, 1000)
+    try:
+        for path in (junk, tones["c"]):
+            with open(path, "rb") as f:
+                head = mp3.peek(path)
+                if path == junk:
+                    with pytest.raises(mp3.Mp3Error) as exc:
+                        copier.copy(f.fileno(), head, 0)
+                    assert str(exc.value) == str(walked.value)
+                else:
+                    copied = copier.copy(f.fileno(), head, 0)
+        assert (copied.frames, copied.end, list(copied.offsets)) == (s.frames, s.end, list(s.offsets))
+        assert out.read_bytes()[:s.end - s.start] == data[s.start:s.end]
+    finally:
+        copier.close()
+        os.close(fd)
+
+
+def test_frame_copier_raises_a_write_error(tones, tmp_path):
+    from chalicelib.engine.mp3.walk import FrameCopier
 
     target = tmp_path / "ro"
     target.write_bytes(b"")
-    fd = os.open(target, os.O_RDONLY)  # every pwrite fails with EBADF, in the writer thread
+    fd = os.open(target, os.O_RDONLY)  # every pwrite fails with EBADF, in both threads
+    copier = FrameCopier(fd, 1000)
     try:
-        writer = FrameWriter(fd, 16)
-        writer.buffer()[:4] = b"abcd"
-        writer.submit(4, 0)
-        with pytest.raises(OSError) as exc:
-            writer.close()
+        with open(tones["c"], "rb") as f, pytest.raises(OSError) as exc:
+            copier.copy(f.fileno(), mp3.peek(tones["c"]), 0)
         assert exc.value.errno == errno.EBADF
-        abandoned = FrameWriter(fd, 16)
-        abandoned.write(b"xyz", 0)
-        abandoned.close(abandon=True)  # the caller's own error is the one to raise
     finally:
+        copier.close()
         os.close(fd)
     assert target.read_bytes() == b""
 

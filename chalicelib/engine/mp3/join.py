@@ -10,7 +10,7 @@ from pathlib import Path
 from ...records import record
 from .frames import OFFSET_STRIDE
 from .tags import build_tag_frame, played_samples, tag_frame_header
-from .walk import CHUNK, FrameWriter, Mp3Head, Mp3Scan, scan
+from .walk import CHUNK, FrameCopier, Mp3Head, Mp3Scan, scan
 
 
 def toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
@@ -78,15 +78,15 @@ class JoinInfo:
 
 
 def join(heads: list[Mp3Head], out_path: str | Path,
-         scan_part: Callable[[int, Mp3Head, int, tuple[FrameWriter, int]], Mp3Scan] | None = None) -> JoinInfo:
+         scan_part: Callable[[int, Mp3Head, int, tuple[FrameCopier, int]], Mp3Scan] | None = None) -> JoinInfo:
     """Write every part's audio frames, in order, behind one new Xing/Info + LAME tag frame.
 
     ``scan_part(i, head, fd, copy_to)`` walks part i (open as ``fd``), writing its frames to
-    ``copy_to = (writer, offset)`` as it goes (``walk.scan``), and may raise for a bad part.
-    Each part is opened once and each byte read once: the frames are written from the buffers
-    the walk read them into, by a FrameWriter thread while the walk reads on. (A kernel copy
+    ``copy_to = (copier, offset)`` as it goes (``walk.scan``), and may raise for a bad part.
+    Each part is opened once and each byte read once: the frames are written from the buffer
+    the walk read them into, two threads taking turns (walk.FrameCopier). (A kernel copy
     (copy_file_range) after the walk, even overlapped in a thread, cost 1.3x the CPU: it reads
-    every byte a second time; from an mmap'ed walk it costs more than the reads it saves.)
+    every byte a second time; walking through an mmap costs more in page faults than it saves.)
     """
     if not heads or not compatible(heads):
         raise ValueError("join needs at least one part and compatible streams")
@@ -104,22 +104,20 @@ def join(heads: list[Mp3Head], out_path: str | Path,
         dst_fd = dst.fileno()
         _preallocate(dst_fd, tag_size + sum(x.end_limit - x.audio_start for x in heads))
         at = tag_size  # the tag frame is written last, once the counts are known
-        writer = FrameWriter(dst_fd, size)
+        copier = FrameCopier(dst_fd, size)
         try:
             for i, head in enumerate(heads):
                 src = os.open(head.path, os.O_RDONLY)
                 try:
-                    s = scan_part(i, head, src, (writer, at))
+                    s = scan_part(i, head, src, (copier, at))
                 finally:
                     os.close(src)
                 if s.start != head.audio_start or s.end > head.end_limit:
                     raise ValueError("scan_part must walk the part from its head")
                 scans.append(s)
                 at += s.end - s.start
-        except BaseException:
-            writer.close(abandon=True)  # no write may outlive dst's descriptor
-            raise
-        writer.close()
+        finally:
+            copier.close()
         os.ftruncate(dst_fd, at)
         total_frames = sum(s.frames for s in scans)
         vbr = any(s.variable_bitrate for s in scans) or len({s.header.bitrate for s in scans}) > 1
