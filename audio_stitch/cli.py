@@ -10,6 +10,7 @@ Commands:
 """
 from __future__ import annotations
 
+import gc
 import sys
 
 COMMANDS = {
@@ -21,6 +22,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program (``argv`` None: ``sys.argv``, and the process ends on return) or, given
+    ``argv``, one command run in this process."""
+    whole_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
@@ -28,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     module_name, func = COMMANDS[argv[0]]
     # Imported on demand: `stitch` should not pay for moto, `run` not for the engine, `remote` for neither.
     module = __import__(module_name, fromlist=[func])
-    return getattr(module, func)(argv[1:]) or 0
+    code = getattr(module, func)(argv[1:]) or 0
+    if whole_process:
+        # The interpreter exits next, and its last garbage collection walks every object still
+        # alive (modules, functions, classes): about 4 ms, a twentieth of `cat`'s time for the
+        # copy join target. Frozen objects are skipped; reference counting and the OS free them.
+        gc.freeze()
+    return code
 
 
 if __name__ == "__main__":

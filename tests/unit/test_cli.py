@@ -193,3 +193,15 @@ def test_copy_join_cli_imports_only_what_copying_needs(files, tmp_path):
     heavy = {"argparse", "dataclasses", "inspect", "typing", "subprocess", "tqdm", "mutagen", "numpy",
              "chalicelib.engine.encode", "chalicelib.engine.graph", "chalicelib.engine.segment", "chalicelib.ffmpeg"}
     assert sorted(imported & heavy) == []
+
+
+def test_cli_run_in_process_does_not_freeze_the_heap(files, tmp_path, capsys):
+    """Only the program freezes the heap before it exits (gc.freeze); a caller's process goes on."""
+    import gc
+
+    from audio_stitch import cli
+
+    before = gc.get_freeze_count()
+    assert cli.main(["stitch", str(files["a"]), str(files["a"]), "-o", str(tmp_path / "o.mp3"), "--join", "copy"]) == 0
+    assert json.loads(capsys.readouterr().out)["join"] == "copy"
+    assert gc.get_freeze_count() == before

@@ -1,6 +1,7 @@
 """Find an MP3 file's audio frames: skip its tags, read its tag frame, walk every frame header."""
 from __future__ import annotations
 
+import _thread
 import os
 import struct
 from array import array
@@ -296,29 +297,50 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
 
 
 def _take_turns(walk: _FrameWalk, fd: int, chunks: list[tuple[int, int]], first: int, step: int, buf: bytearray,
-                out: tuple[int, int] | None, turns: tuple | None) -> None:
+                out: tuple[int, int] | None, turns: tuple[_Baton, _Baton] | None) -> None:
     """Read, walk and (with ``out = (out_fd, offset of the file's byte 0)``) write chunks
     ``first``, ``first + step``, ... With ``turns = (mine, other)`` another thread has the chunks
-    between: each walk waits for a token on ``mine`` (the walk before it is done) and passes one
-    to ``other``; False instead means the other thread failed, and this one stops."""
+    between: each walk waits for ``mine`` (the walk before it is done) and then gives ``other``;
+    a baton given with False means the other thread failed, and this one stops."""
     view = memoryview(buf)
     last_index = len(chunks) - 1
     for j in range(first, len(chunks), step):
         at, length = chunks[j]
         last = j == last_index
         _read(fd, view, at, length if last else length + LOOKAHEAD)
-        if turns is not None and not turns[0].get():
+        if turns is not None and not turns[0].wait():
             return
         try:
             walk.chunk(buf, at, length, last)
         except BaseException:
             if turns is not None:
-                turns[1].put(False)
+                turns[1].give(False)
             raise
         if turns is not None:
-            turns[1].put(True)
+            turns[1].give()
         if out is not None:
             _pwrite_all(out[0], view[:walk.end - at if last else length], out[1] + at)
+
+
+class _Baton:
+    """The turn to walk, handed from one copying thread to the other. ``wait()`` returns once it
+    is given: True to go on, False if the giver failed (then give(False) may follow give())."""
+
+    def __init__(self, given: bool = False):
+        self._lock = _thread.allocate_lock()
+        if not given:
+            self._lock.acquire()
+        self.ok = True
+
+    def wait(self) -> bool:
+        self._lock.acquire()
+        return self.ok
+
+    def give(self, ok: bool = True) -> None:
+        if not ok:
+            self.ok = False
+        if self._lock.locked():  # only this baton's giver releases it: no race with wait()
+            self._lock.release()
 
 
 class FrameCopier:
@@ -329,14 +351,16 @@ class FrameCopier:
     its own cache), and only the walks, a fifth of the time, wait for each other, in file order.
     On two cores that takes about 60 % of the wall time of one thread doing it all, and less than
     one thread walking and another writing what it read (which moves every byte between cores).
-    Parts of one chunk are copied by the calling thread alone. ``close()`` stops the helper."""
+    Parts of one chunk are copied by the calling thread alone. ``close()`` stops the helper.
+    (Locks from ``_thread``, not ``threading`` and ``queue``: their imports cost the copy join's
+    CLI 2 ms, and one helper with one job at a time needs no more.)"""
 
     def __init__(self, fd: int, size: int):
         self.fd = fd
         self.size = size  # chunk size
         self._buffers = (bytearray(size + LOOKAHEAD), bytearray(size + LOOKAHEAD))
-        self._jobs = None  # the helper's, once it is started
-        self._done = None
+        self._go = self._done = None  # the helper's, once it is started
+        self._job: tuple | None = None
         self._error: BaseException | None = None
 
     def copy(self, fd: int, head: Mp3Head, out_at: int) -> Mp3Scan:
@@ -347,42 +371,49 @@ class FrameCopier:
         if len(chunks) < 2:
             _take_turns(walk, fd, chunks, 0, 1, self._buffers[0], out, None)
             return walk.result()
-        import queue
-
-        if self._jobs is None:
+        if self._go is None:
             self._start()
-        mine, theirs = queue.SimpleQueue(), queue.SimpleQueue()
-        mine.put(True)  # chunk 0 is walked first
+        mine, theirs = _Baton(given=True), _Baton()  # chunk 0, this thread's, is walked first
         self._error = None
-        self._jobs.put((walk, fd, chunks, out, (theirs, mine)))
+        self._job = (walk, fd, chunks, out, (theirs, mine))
+        self._go.release()
         try:
             _take_turns(walk, fd, chunks, 0, 2, self._buffers[0], out, (mine, theirs))
         except BaseException as exc:
             self._error = self._error or exc
-            theirs.put(False)
-        self._done.get()  # the helper is done with this part (and its descriptor) either way
+            theirs.give(False)
+        while True:  # the helper must be done with this part (and its descriptors) either way
+            try:
+                self._done.acquire()
+                break
+            except BaseException as exc:  # a second Ctrl-C: still wait, for a chunk at most
+                self._error = self._error or exc
         if self._error is not None:
             raise self._error
         return walk.result()
 
     def _start(self) -> None:
-        import queue
-        import threading
-
-        self._jobs, self._done = queue.SimpleQueue(), queue.SimpleQueue()
-        threading.Thread(target=self._help, name="mp3-copy", daemon=True).start()
+        self._go, self._done = _thread.allocate_lock(), _thread.allocate_lock()
+        self._go.acquire()
+        self._done.acquire()
+        _thread.start_new_thread(self._help, ())
 
     def _help(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            walk, fd, chunks, out, turns = job
+        while True:
+            self._go.acquire()
+            if self._job is None:
+                return
+            walk, fd, chunks, out, turns = self._job
             try:
                 _take_turns(walk, fd, chunks, 1, 2, self._buffers[1], out, turns)
             except BaseException as exc:  # raised by the calling thread
                 self._error = self._error or exc
-                turns[1].put(False)
-            self._done.put(True)
+                turns[1].give(False)
+            self._job = ()
+            self._done.release()
 
     def close(self) -> None:
-        if self._jobs is not None:
-            self._jobs.put(None)
-            self._jobs = None
+        if self._go is not None:
+            self._job = None
+            self._go.release()
+            self._go = None
