@@ -205,3 +205,23 @@ def test_cli_run_in_process_does_not_freeze_the_heap(files, tmp_path, capsys):
     assert cli.main(["stitch", str(files["a"]), str(files["a"]), "-o", str(tmp_path / "o.mp3"), "--join", "copy"]) == 0
     assert json.loads(capsys.readouterr().out)["join"] == "copy"
     assert gc.get_freeze_count() == before
+
+
+def test_a_failing_write_is_one_line_and_leaves_nothing(files, tmp_path):
+    """A write that fails during a copy join (here: the file-size limit, as a full disk would)
+    ends the CLI with one line and status 1, and neither the output nor its temp file is left."""
+    import resource
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    parts = [str(files["a"])] * 3  # about 48 KB of frames
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run([sys.executable, "-m", "audio_stitch", "stitch", *parts, "-o", str(out_dir / "o.mp3"),
+                           "--join", "copy"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=small_files)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "error: OSError: [Errno 27] File too large\n"
+    assert list(out_dir.iterdir()) == []
