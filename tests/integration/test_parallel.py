@@ -31,6 +31,7 @@ import pytest
 import soundfile
 
 from chalicelib.engine import encode as encode_module
+from chalicelib.engine import lame as lame_binding
 from chalicelib.engine import parallel
 from chalicelib.engine.graph import Layout
 from chalicelib.engine.mp3 import parse_header, peek
@@ -300,13 +301,15 @@ PRE, POST = parallel.PRE_ROLL_FRAMES * 576, parallel.POST_ROLL_FRAMES * 576
 
 @pytest.mark.parametrize("extra", [-1, 0, 1, POST - 1, POST, POST + 1, -PRE, -PRE - 1, -PRE + 1])
 def test_every_end_position_decodes_to_the_exact_length(tmp_path, extra):
-    """EOF inside the next chunk's pre-roll, at a chunk boundary, inside the post-roll: always exact."""
+    """EOF inside the next chunk's pre-roll, at a chunk boundary, inside the post-roll: always exact.
+    A chunk whose post-roll the input does not fill is the last one and owns the rest; an input
+    that fills it exactly leaves a fourth chunk owning just that post-roll."""
     rate = 8000
     C = chunk_samples(1.5, rate)
     assert C > PRE + POST
     x = speech(5, rate, 1)[:3 * C + extra]
     r = encode(x, tmp_path / "o.mp3", rate, bitrate="24k", workers=2, chunk_s=1.5)
-    assert r.chunks == (3 if extra <= 0 else 4)
+    assert r.chunks == (3 if extra < POST else 4)
     assert len(ffmpeg_decode(tmp_path / "o.mp3", 1)) == len(x)
     assert len(sndfile_decode(tmp_path / "o.mp3")) == len(x)
 
@@ -324,21 +327,20 @@ def test_chunk_length_follows_the_total_and_short_inputs_take_one_pass(tmp_path)
         assert len(ffmpeg_decode(tmp_path / f"{name}.mp3", 1)) == n
 
 
-def test_chunks_on_disk_stay_bounded(tmp_path, monkeypatch):
-    """At most workers + 2 chunks (PCM or MP3) exist at once, however long the input."""
-    seen = []
+def test_chunks_in_memory_stay_bounded(tmp_path, monkeypatch):
+    """At most workers + 1 chunks (their PCM, then their MP3) are held at once, however long the
+    input: with encoders slower than the reader, the reader waits."""
     encode_chunk = parallel._encode_chunk
 
-    def counting(c, job, children):
-        seen.append(len({p.stem for p in c.pcm_path.parent.iterdir()}))
-        time.sleep(0.05)  # encoders slower than the reader: the reader has to wait
-        return encode_chunk(c, job, children)
+    def slow(c, job):
+        time.sleep(0.05)
+        return encode_chunk(c, job)
 
-    monkeypatch.setattr(parallel, "_encode_chunk", counting)
+    monkeypatch.setattr(parallel, "_encode_chunk", slow)
     x = speech(40, 8000, 1)
     r = encode(x, tmp_path / "a.mp3", 8000, workers=2, chunk_s=1.0)
-    assert r.chunks == len(seen) >= 30
-    assert 3 <= max(seen) <= 2 + 2  # reached, never exceeded
+    assert r.chunks >= 30
+    assert r.held == 2 + 1  # reached, never exceeded
     assert len(ffmpeg_decode(tmp_path / "a.mp3", 1)) == len(x)
     assert _leftovers(tmp_path) == ["a.mp3"]
 
@@ -432,18 +434,27 @@ def _children_of_us() -> list[int]:
 
 
 def test_an_encoder_failure_is_our_message_and_leaves_nothing(tmp_path, monkeypatch):
+    """One pass (ffmpeg) and chunks (LAME in this process): our message, no tool output, no file."""
     tool = tmp_path / "bin" / "ffmpeg"
     tool.parent.mkdir()
     tool.write_text("#!/bin/sh\necho 'raw ffmpeg noise' >&2\nexit 3\n")
     tool.chmod(0o755)
     monkeypatch.setattr(parallel, "ffmpeg_binary", lambda: str(tool))
+    calls = []
+
+    def refuse(self, addr, n, out):
+        calls.append(n)
+        return -3  # what LAME returns when its output buffer is too small
+
+    monkeypatch.setattr(lame_binding.Encoder, "_lame_encode", refuse)
     out = tmp_path / "out"
     out.mkdir()
-    for workers in (1, 2):
+    for workers, message in ((1, "exit 3"), (2, "LAME error -3")):
         with pytest.raises(StitchError) as e:
             encode(speech(3, 8000, 1), out / "a.mp3", 8000, workers=workers, chunk_s=0.5)
-        assert "exit 3" in e.value.message and "noise" not in e.value.message
+        assert message in e.value.message and "noise" not in e.value.message
         assert _leftovers(out) == []
+    assert calls  # the chunked run did reach LAME
 
 
 class _FailingPcm(io.RawIOBase):
