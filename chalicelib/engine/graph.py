@@ -8,7 +8,6 @@ streaming into the pipe in order.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import tempfile
@@ -23,7 +22,12 @@ from ..options import Options
 from .loudness import apply_level, measuring, needs_level
 from .segment import Segment, fades
 
-log = logging.getLogger(__name__)
+
+def _log():
+    """This module's logger; logging is imported on first use (a failure), not at start-up."""
+    import logging
+
+    return logging.getLogger(__name__)
 
 
 # Samples per frame of the decoder's output (see graph_command).
@@ -140,7 +144,7 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
             code = dec.wait()
         if code != 0:
             # The tool's own words go to the log, not to the client.
-            log.warning("decoder failed (exit %s): %s", code, _tail(err))
+            _log().warning("decoder failed (exit %s): %s", code, _tail(err))
             raise DecodeFailed(f"ffmpeg failed (exit {code}) while decoding the parts")
 
 

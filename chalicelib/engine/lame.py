@@ -68,11 +68,13 @@ def kbps(bitrate: str) -> int:
 class Encoder:
     """One CBR MP3 stream. ``encode`` may be called many times; ``finish`` flushes and frees it."""
 
+    _g = None  # LAME's handle, once it exists
+
     def __init__(self, rate: int, channels: int, bitrate: str):
         lib = library()
         if lib is None:
             raise StitchError("the mp3 encoder library is not available")
-        self._lib, self.channels, self._g = lib, channels, None
+        self._lib, self.channels = lib, channels
         with _setup:
             g = lib.lame_init()
             if not g:

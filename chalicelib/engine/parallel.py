@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import queue
 import subprocess
 import tempfile
 import threading
-import uuid
 from array import array
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,7 +107,7 @@ def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: in
         raise StitchError(f"cannot encode {channels} channels at {rate} Hz")
     workers = max(1, workers or usable_cores())
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.part")
+    tmp = out_path.with_name(f".{out_path.name}.{os.urandom(6).hex()}.part")
     job = _Job(fmt, rate, channels, bitrate, progress, total_samples)
     chunk = _chunk_samples(job, workers, chunk_s)
     try:
@@ -160,7 +160,11 @@ def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None
     elif job.total is not None:
         if job.total < 2 * MIN_CHUNK_S * job.rate:
             return None  # shorter than two chunks: nothing to gain from chunking
-        seconds = min(MAX_CHUNK_S, max(MIN_CHUNK_S, job.total / workers / job.rate))
+        # Rounds of one chunk per encoder, as few as MAX_CHUNK_S allows, all chunks alike:
+        # no encoder is left to finish a last short chunk alone while the others wait.
+        total_s = job.total / job.rate
+        rounds = max(1, math.ceil(total_s / workers / MAX_CHUNK_S))
+        seconds = max(MIN_CHUNK_S, total_s / (workers * rounds))
     else:
         seconds = DEFAULT_CHUNK_S
     frames = max(PRE_ROLL_FRAMES + POST_ROLL_FRAMES, -(-round(seconds * job.rate) // spf))

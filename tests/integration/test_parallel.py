@@ -129,6 +129,30 @@ def test_sndfile_honours_the_lame_gapless_tag(tmp_path):
     assert len(sndfile_decode(bare)) > len(x) + 576
 
 
+# -- the chunk encoder is ffmpeg's encoder -----------------------------------------------------------
+
+@pytest.mark.parametrize("rate,channels,bitrate", [(44100, 2, "128k"), (48000, 2, "256k"), (16000, 1, "32k")])
+def test_lame_in_process_encodes_as_ffmpegs_libmp3lame(tmp_path, rate, channels, bitrate):
+    """Same stream kind frame for frame (bitrate, rate, stereo mode), same frame count and the same
+    quality as `ffmpeg -c:a libmp3lame` on the same PCM; the builds differ, so not the same bytes."""
+    x = music(6, rate, channels)
+    ref = lame(tmp_path, x, rate, bitrate)
+    enc = lame_binding.Encoder(rate, channels, bitrate)
+    ours = tmp_path / "ours.mp3"
+    ours.write_bytes(enc.encode(bytearray(x.tobytes())) + enc.finish())
+
+    def kinds(path):
+        return [(f.header.bitrate, f.header.sample_rate, f.header.channel_mode) for f in FrameReader(open(path, "rb"))]
+
+    assert kinds(ours) == kinds(ref)
+    a, b = ffmpeg_decode(ours, channels), ffmpeg_decode(ref, channels)
+    assert len(a) == len(b)
+    d = enc.delay + 529  # both streams start with LAME's delay: compare with the input
+    n = len(x)
+    ours_db, ref_db = snr_db(x, a[d:d + n]), snr_db(x, b[d:d + n])
+    assert ref_db > 15 and abs(ours_db - ref_db) < 0.25
+
+
 # -- reservoir re-lay -----------------------------------------------------------------------------
 
 def lame(tmp_path: Path, x: np.ndarray, rate: int, bitrate: str, name: str = "src.mp3") -> Path:
