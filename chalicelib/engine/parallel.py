@@ -48,10 +48,13 @@ DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}
 PRE_ROLL_FRAMES = 8
 POST_ROLL_FRAMES = 4
 # With the total length known, chunks are total/workers long within these bounds; without it,
-# DEFAULT_CHUNK_S. Short chunks balance the cores and bound the PCM held in memory (at most
-# workers + 1 chunks: 20 s of 48 kHz stereo float is 7.7 MB); each costs its pre- and post-roll
-# frames (0.3 s of audio at 44.1 kHz: 1.5 % of a 20 s chunk).
+# DEFAULT_CHUNK_S. Short chunks balance the cores and bound the PCM held in memory (20 s of
+# 48 kHz stereo float is 7.7 MB); each costs its pre- and post-roll frames (0.3 s of audio at
+# 44.1 kHz: 1.5 % of a 20 s chunk).
+# PCM the reader may hold ahead of the encoders (see held_chunks).
+BUFFER_BYTES = 32 << 20
 MIN_CHUNK_S = 5.0
+MIN_ROUNDS = 4
 MAX_CHUNK_S = 20.0
 DEFAULT_CHUNK_S = 20.0
 _READ_BYTES = 1 << 20
@@ -160,15 +163,21 @@ def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None
     elif job.total is not None:
         if job.total < 2 * MIN_CHUNK_S * job.rate:
             return None  # shorter than two chunks: nothing to gain from chunking
-        # Rounds of one chunk per encoder, as few as MAX_CHUNK_S allows, all chunks alike:
-        # no encoder is left to finish a last short chunk alone while the others wait.
+        # Rounds of one chunk per encoder, all chunks alike (no encoder is left to finish a
+        # last short chunk alone while the others wait), at least MIN_ROUNDS of them: the first
+        # encode starts once one chunk is decoded, and the last once the decoder is done.
         total_s = job.total / job.rate
-        rounds = max(1, math.ceil(total_s / workers / MAX_CHUNK_S))
+        rounds = max(MIN_ROUNDS, math.ceil(total_s / workers / MAX_CHUNK_S))
         seconds = max(MIN_CHUNK_S, total_s / (workers * rounds))
     else:
         seconds = DEFAULT_CHUNK_S
     frames = max(PRE_ROLL_FRAMES + POST_ROLL_FRAMES, -(-round(seconds * job.rate) // spf))
     return frames * spf
+
+
+def held_chunks(workers: int, chunk_bytes: int) -> int:
+    """How many chunks may be read and not yet joined: workers + 1, or more within BUFFER_BYTES."""
+    return max(workers + 1, BUFFER_BYTES // max(chunk_bytes, 1))
 
 
 def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes] | None:
@@ -277,12 +286,13 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
     pre, post = PRE_ROLL_FRAMES * spf, POST_ROLL_FRAMES * spf
     sb = job.sample_bytes
     # Chunks read and not yet joined (their PCM, then their MP3, is in memory): the reader waits
-    # while this many are. One more than the encoders keeps them all busy: the decoder is faster.
-    slots = threading.BoundedSemaphore(workers + 1)
+    # while this many are. One more than the encoders keeps them busy; more, within
+    # BUFFER_BYTES, let the decoder run ahead, so the last chunks are not waiting for it.
+    slots = threading.BoundedSemaphore(held_chunks(workers, (chunk + pre + post) * sb))
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     assembler = _Assembler(tmp, job, slots, chunk, pre)
     thread = threading.Thread(target=assembler.run, args=(chunks,), name="mp3-assemble", daemon=True)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mp3-chunk")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mp3-chunk", initializer=_nicer)
     source = _Source(pcm, job)
     thread.start()
     consumed = 0
@@ -339,6 +349,18 @@ class _Empty:
     @staticmethod
     def read(_n: int = -1) -> bytes:
         return b""
+
+
+# The chunk encoders run this much nicer than the rest of the process (and the decoder feeding
+# it): with every core busy, the decoder then gets the CPU it needs to keep ahead, and the last
+# chunks are not held up behind a decoder starved by the encoders it feeds.
+ENCODER_NICENESS = 5
+
+
+def _nicer() -> None:
+    """Lower this thread's priority (Linux: a thread's own nice value), once per pool thread."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICENESS)
 
 
 def _encode_chunk(c: _Chunk, job: _Job) -> bytes:

@@ -352,8 +352,8 @@ def test_chunk_length_follows_the_total_and_short_inputs_take_one_pass(tmp_path)
 
 
 def test_chunks_in_memory_stay_bounded(tmp_path, monkeypatch):
-    """At most workers + 1 chunks (their PCM, then their MP3) are held at once, however long the
-    input: with encoders slower than the reader, the reader waits."""
+    """At most held_chunks() chunks (their PCM, then their MP3) are held at once, however long
+    the input: with encoders slower than the reader, the reader waits."""
     encode_chunk = parallel._encode_chunk
 
     def slow(c, job):
@@ -361,10 +361,15 @@ def test_chunks_in_memory_stay_bounded(tmp_path, monkeypatch):
         return encode_chunk(c, job)
 
     monkeypatch.setattr(parallel, "_encode_chunk", slow)
+    chunk_bytes = (chunk_samples(1.0, 8000) + PRE + POST) * 4  # 8 kHz mono float, with its rolls
+    monkeypatch.setattr(parallel, "BUFFER_BYTES", 4 * chunk_bytes + 100)
+    assert parallel.held_chunks(2, chunk_bytes) == 4
     x = speech(40, 8000, 1)
     r = encode(x, tmp_path / "a.mp3", 8000, workers=2, chunk_s=1.0)
     assert r.chunks >= 30
-    assert r.held == 2 + 1  # reached, never exceeded
+    assert r.held == 4  # reached, never exceeded
+    monkeypatch.setattr(parallel, "BUFFER_BYTES", 0)
+    assert parallel.held_chunks(2, chunk_bytes) == 3  # never fewer than one per encoder + 1
     assert len(ffmpeg_decode(tmp_path / "a.mp3", 1)) == len(x)
     assert _leftovers(tmp_path) == ["a.mp3"]
 
