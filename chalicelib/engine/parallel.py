@@ -98,9 +98,10 @@ def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: in
                chunk_s: float | None = None) -> Encoded:
     """Read interleaved float32 little-endian PCM from ``pcm`` until EOF and write ``out_path``.
 
-    ``fmt`` is a key of ``options.FORMATS``. MP3 is encoded in chunks by ``workers`` encoders at
-    once (default: the usable cores); other formats, one core, or an input known to be shorter
-    than two chunks take one ffmpeg pass. The file appears atomically (temp file + rename).
+    ``fmt`` is a key of ``options.FORMATS``. MP3 is encoded in chunks by ``workers`` LAME
+    threads at once (default: the usable cores; an input known to be shorter than two chunks is
+    one chunk); other formats, or MP3 without the LAME library, take one ffmpeg pass. The file
+    appears atomically (temp file + rename).
     ``progress(fraction)`` follows the PCM consumed when ``total_samples`` is given. Raises
     StitchError on failure.
     """
@@ -114,7 +115,9 @@ def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: in
     job = _Job(fmt, rate, channels, bitrate, progress, total_samples)
     chunk = _chunk_samples(job, workers, chunk_s)
     try:
-        if fmt in parallel_formats() and workers > 1 and chunk is not None:
+        # MP3 is LAME in this process even on one core: a chunk costs less CPU than one ffmpeg
+        # pass (its PCM is not converted and piped again, and no process starts).
+        if fmt in parallel_formats() and chunk is not None:
             result = _encode_chunked(pcm, tmp, job, workers, chunk)
         else:
             result = _encode_single(pcm, tmp, job)
@@ -162,13 +165,17 @@ def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None
         seconds = chunk_s
     elif job.total is not None:
         if job.total < 2 * MIN_CHUNK_S * job.rate:
-            return None  # shorter than two chunks: nothing to gain from chunking
+            # shorter than two chunks: one chunk, the whole input (at most 10 s in memory)
+            frames = -(-job.total // spf)
+            return max(PRE_ROLL_FRAMES + POST_ROLL_FRAMES, frames) * spf
         # Rounds of one chunk per encoder, all chunks alike (no encoder is left to finish a
         # last short chunk alone while the others wait), at least MIN_ROUNDS of them: the first
         # encode starts once one chunk is decoded, and the last once the decoder is done.
         total_s = job.total / job.rate
-        rounds = max(MIN_ROUNDS, math.ceil(total_s / workers / MAX_CHUNK_S))
-        seconds = max(MIN_CHUNK_S, total_s / (workers * rounds))
+        count = workers * max(MIN_ROUNDS, math.ceil(total_s / workers / MAX_CHUNK_S))
+        if total_s / count < MIN_CHUNK_S:
+            count = max(1, int(total_s // MIN_CHUNK_S))  # fewer chunks, still alike
+        seconds = total_s / count
     else:
         seconds = DEFAULT_CHUNK_S
     frames = max(PRE_ROLL_FRAMES + POST_ROLL_FRAMES, -(-round(seconds * job.rate) // spf))

@@ -165,6 +165,14 @@ def lame(tmp_path: Path, x: np.ndarray, rate: int, bitrate: str, name: str = "sr
     return path
 
 
+def single_pass(x: np.ndarray, path: Path, rate: int, bitrate: str = "128k") -> Path:
+    """The reference: one `ffmpeg -c:a libmp3lame` pass over ``x``, LAME tag and all."""
+    layout = "mono" if x.shape[1] == 1 else "stereo"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ch_layout", layout,
+                    "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", bitrate, str(path)], input=x.tobytes(), check=True)
+    return path
+
+
 def relay(frames, path: Path) -> Relayer:
     with open(path, "wb") as out:
         r = Relayer(out.write)
@@ -259,10 +267,10 @@ def test_chunked_mp3_is_exact_and_seams_are_clean(tmp_path, rate, channels, bitr
     x = signal(24, rate, channels)
     chunk_s = 2.0
     par = encode(x, tmp_path / "par.mp3", rate, bitrate=bitrate, workers=2, chunk_s=chunk_s)
-    one = encode(x, tmp_path / "one.mp3", rate, bitrate=bitrate, workers=1)
-    assert (par.chunks, par.workers, one.chunks, one.workers) == (12, 2, 1, 1)
-    assert par.samples == one.samples == len(x)
-    assert par.delay == one.delay == 576  # LAME's own delay, as the Info tag of a single pass says
+    single_pass(x, tmp_path / "one.mp3", rate, bitrate)
+    assert (par.chunks, par.workers) == (12, 2)
+    assert par.samples == len(x)
+    assert par.delay == peek(tmp_path / "one.mp3").vbr_tag.encoder_delay == 576  # as ffmpeg's Info tag says
     spf = 1152 if rate >= 32000 else 576
     head = peek(tmp_path / "par.mp3")
     assert head.vbr_tag.frames * spf - head.vbr_tag.encoder_delay - head.vbr_tag.encoder_padding == len(x)
@@ -308,7 +316,7 @@ def test_a_seam_whose_reservoir_does_not_fit_moves_onto_the_previous_chunks_fram
     par = encode(x, tmp_path / "par.mp3", rate, workers=2, chunk_s=chunk_s)
     assert refused.count(None) == par.chunks - 1 == 5  # one refusal per seam
     monkeypatch.setattr(Relayer, "fits", fits)
-    encode(x, tmp_path / "one.mp3", rate, workers=1)
+    single_pass(x, tmp_path / "one.mp3", rate)
     dp, ds = ffmpeg_decode(tmp_path / "par.mp3", 2), ffmpeg_decode(tmp_path / "one.mp3", 2)
     assert len(dp) == len(sndfile_decode(tmp_path / "par.mp3")) == len(x)
     assert snr_db(x, dp) >= snr_db(x, ds) - 0.5
@@ -342,7 +350,7 @@ def test_chunk_length_follows_the_total_and_short_inputs_take_one_pass(tmp_path)
     rate = 8000
     x = speech(12, rate, 1)
     long = encode(x, tmp_path / "a.mp3", rate, workers=2, total_samples=len(x))
-    assert long.chunks == 2 and long.workers == 2  # total / workers, at least MIN_CHUNK_S
+    assert long.chunks == 2 and long.workers == 2  # chunks alike, at least MIN_CHUNK_S: 2 x 6 s
     short = encode(x[:rate * 9], tmp_path / "b.mp3", rate, workers=2, total_samples=rate * 9)
     assert short.chunks == 1  # shorter than two chunks
     unknown = encode(x[:rate * 3], tmp_path / "c.mp3", rate, workers=2)
@@ -463,7 +471,8 @@ def _children_of_us() -> list[int]:
 
 
 def test_an_encoder_failure_is_our_message_and_leaves_nothing(tmp_path, monkeypatch):
-    """One pass (ffmpeg) and chunks (LAME in this process): our message, no tool output, no file."""
+    """One ffmpeg pass (ogg) and LAME in this process (mp3, one worker or two): our message, no
+    tool output, no file left."""
     tool = tmp_path / "bin" / "ffmpeg"
     tool.parent.mkdir()
     tool.write_text("#!/bin/sh\necho 'raw ffmpeg noise' >&2\nexit 3\n")
@@ -478,12 +487,12 @@ def test_an_encoder_failure_is_our_message_and_leaves_nothing(tmp_path, monkeypa
     monkeypatch.setattr(lame_binding.Encoder, "_lame_encode", refuse)
     out = tmp_path / "out"
     out.mkdir()
-    for workers, message in ((1, "exit 3"), (2, "LAME error -3")):
+    for fmt, workers, message in (("ogg", 2, "exit 3"), ("mp3", 1, "LAME error -3"), ("mp3", 2, "LAME error -3")):
         with pytest.raises(StitchError) as e:
-            encode(speech(3, 8000, 1), out / "a.mp3", 8000, workers=workers, chunk_s=0.5)
+            encode(speech(3, 8000, 1), out / f"a.{fmt}", 8000, fmt=fmt, workers=workers, chunk_s=0.5)
         assert message in e.value.message and "noise" not in e.value.message
         assert _leftovers(out) == []
-    assert calls  # the chunked run did reach LAME
+    assert calls  # the mp3 runs did reach LAME
 
 
 class _FailingPcm(io.RawIOBase):
