@@ -241,11 +241,12 @@ def render(targets: list[Target], tasks: list[Task]) -> str:
     for t in targets:
         met = "n/a" if t.met is None else "met" if t.met else "NOT met"
         lines.append(f"| {t.job} | {t.limit} | {t.measured} | {met} |")
-    lines += ["", "| tool | runs | median s | min s | max s | tree peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| tool | runs | median s | min s | max s | median CPU s | tree peak RSS MB |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for t in tasks:
         times = sorted(t.times)
         lines.append(f"| {t.name} [{t.out.stem}] | {len(times)} | {times[len(times) // 2]:.3f} | {times[0]:.3f} "
-                     f"| {times[-1]:.3f} | {t.peak_mb:.1f} |")
+                     f"| {times[-1]:.3f} | {t.cpu_median:.2f} | {t.peak_mb:.1f} |")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ single process, which under-counts a tree of parallel encoders: it is not used.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import threading
@@ -79,12 +80,19 @@ class Run:
     seconds: float
     peak_mb: float  # peak of the summed RSS of the process tree
     stdout: str
+    cpu_s: float = 0.0  # user + system time of the process and every descendant it waited for
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_once(cmd: list[str], env: dict, cwd: Path, stdout_path: Path | None = None) -> Run:
     """Run ``cmd`` once; raise with its stderr if it fails."""
     out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
     peak = 0
+    cpu_before = _children_cpu()  # runs are one at a time: the difference is this run's tree
     try:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env, cwd=cwd)
@@ -108,7 +116,7 @@ def run_once(cmd: list[str], env: dict, cwd: Path, stdout_path: Path | None = No
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd[:4]))}... failed ({proc.returncode}): "
                            f"{stderr.decode(errors='replace')[-800:]}")
-    return Run(elapsed, peak / 2**20, (stdout or b"").decode(errors="replace"))
+    return Run(elapsed, peak / 2**20, (stdout or b"").decode(errors="replace"), _children_cpu() - cpu_before)
 
 
 @dataclass
@@ -126,6 +134,10 @@ class Task:
         return [r.seconds for r in self.runs]
 
     @property
+    def cpu_median(self) -> float:
+        return statistics.median(r.cpu_s for r in self.runs) if self.runs else 0.0
+
+    @property
     def peak_mb(self) -> float:
         return max((r.peak_mb for r in self.runs), default=0.0)
 
@@ -140,7 +152,8 @@ def rounds(tasks: list[Task], count: int, cwd: Path, warmup: bool = True, log=pr
             run = run_once(t.cmd, t.env, cwd, t.out if t.stdout_to else None)
             if timed:
                 t.runs.append(run)
-            log(f"    {'' if timed else '(warm-up) '}{t.name:<34} {run.seconds:8.3f} s  tree peak {run.peak_mb:6.1f} MB")
+            log(f"    {'' if timed else '(warm-up) '}{t.name:<34} {run.seconds:8.3f} s  CPU {run.cpu_s:7.2f} s  "
+                f"tree peak {run.peak_mb:6.1f} MB")
     return tasks
 
 

@@ -50,8 +50,41 @@ def pin_runtime() -> None:
     from chalice.config import Config
 
     Config.lambda_python_version = property(lambda self: LAMBDA_RUNTIME)
+    _pin_wheel_python()
     # Chalice then warns that the running Python differs; the line guard() prints says why it may.
     warnings.filterwarnings("ignore", message="You are currently running python", category=UserWarning)
+
+
+def _pin_wheel_python() -> None:
+    """Make Chalice's download of Lambda wheels ask pip for ``LAMBDA_RUNTIME``'s Python.
+
+    Chalice passes ``--abi cp312`` and the platforms but not ``--python-version``, so pip looks
+    for the running interpreter's version with the runtime's ABI, which no wheel has: a binary
+    dependency (lameenc) was then "missing" unless Chalice itself ran on the runtime's Python.
+    """
+    from chalice.deploy.packager import PipRunner
+
+    if getattr(PipRunner.download_manylinux_wheels, "_pinned", False):
+        return
+    original = PipRunner.download_manylinux_wheels
+    version = LAMBDA_RUNTIME.removeprefix("python")
+
+    def download_manylinux_wheels(self, abi, packages, directory, platforms=None):
+        execute = self._execute
+
+        def with_version(command, args, *rest, **kwargs):
+            if command == "download" and "--python-version" not in args:
+                args = ["--python-version", version, *args]
+            return execute(command, args, *rest, **kwargs)
+
+        self._execute = with_version
+        try:
+            return original(self, abi, packages, directory, platforms)
+        finally:
+            del self._execute
+
+    download_manylinux_wheels._pinned = True
+    PipRunner.download_manylinux_wheels = download_manylinux_wheels
 
 
 def add_layers(handler: str, arns: list[str]) -> None:

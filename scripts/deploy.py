@@ -283,7 +283,8 @@ def check_zip(zip_path: Path) -> list[str]:
                 if not any(t.endswith("-any") or "manylinux" in t for t in tags):
                     problems.append(f"zip: {name.split('/')[0]} was built here ({tags}), not a Lambda wheel")
         for module in runtime_modules():
-            if not any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py" for n in infos):
+            if not any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py"
+                       or (n.startswith(f"{module}.") and n.endswith(".so") and "/" not in n) for n in infos):
                 problems.append(f"zip: import package {module} missing")
         unzipped = sum(i.file_size for i in infos.values())
     if unzipped > LAMBDA_UNZIPPED_LIMIT:
@@ -311,8 +312,30 @@ try:
     out["ffmpeg"] = ffmpeg_binary()
 except Exception as exc:
     out["ffmpeg"] = repr(exc)
+try:  # the parallel MP3 encoder: LAME from the zip's lameenc, loaded as the worker loads it
+    from chalicelib.engine import lame
+    out["lame"] = getattr(lame.library(), "_name", None)
+except Exception as exc:
+    out["lame"] = repr(exc)
 print(json.dumps(out))
 """
+
+
+def runtime_python() -> str | None:
+    """A Python of ``infra.LAMBDA_RUNTIME``'s version on this machine (PATH, then pyenv's), for
+    checks that load the zip's compiled modules, which are built for that version only."""
+    version = infra.LAMBDA_RUNTIME.removeprefix("python")
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(map(str, pyenv.glob(f"{version}.*/bin/python{version}")), reverse=True)
+    for exe in filter(None, candidates):
+        probe = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return exe
+    return None
 
 
 def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
@@ -344,7 +367,15 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
         env.update(infra.stage_environment(stage))
         env.setdefault("AWS_REGION", "us-east-1")
         env.pop("FFMPEG_BINARY", None)
-        proc = subprocess.run([sys.executable, "-S", "-c", _IMPORT_PROBE, str(task), str(runtime), ",".join(modules)],
+        python = runtime_python()
+        skipped = []
+        if python is None:
+            # Only this Python: compiled modules built for the runtime's cannot load in it.
+            python = sys.executable
+            skipped = [m for m in modules if any(n.startswith(f"{m}.") and n.endswith(".so") for n in names)]
+            modules = [m for m in modules if m not in skipped]
+            print(f"lambda imports: no {infra.LAMBDA_RUNTIME} here; not imported: {', '.join(skipped)}")
+        proc = subprocess.run([python, "-S", "-c", _IMPORT_PROBE, str(task), str(runtime), ",".join(modules)],
                               capture_output=True, text=True, cwd=task, env=env, timeout=120)
         if proc.returncode != 0:
             return [f"lambda imports: probe failed: {proc.stderr[-2000:]}"]
@@ -353,6 +384,9 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
         problems += [f"lambda imports: {m} imported from outside the package" for m in result["outside"]]
         if result["ffmpeg"] != str(task / "bin" / "ffmpeg"):
             problems.append(f"lambda imports: ffmpeg resolves to {result['ffmpeg']}, not the package's bin/ffmpeg")
+        lame_so = [n for n in names if n.startswith("lameenc.") and n.endswith(".so")]
+        if lame_so and "lameenc" not in skipped and result["lame"] != str(task / lame_so[0]):
+            problems.append(f"lambda imports: LAME loads from {result['lame']}, not the package's {lame_so[0]}")
     return problems
 
 

@@ -6,7 +6,6 @@ Opus pre-skip), so decoders play exactly the samples it was fed. Formats that
 """
 from __future__ import annotations
 
-import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -18,7 +17,14 @@ from ..options import SAMPLE_RATES, Options
 from .graph import Layout
 from .probe import AudioInfo
 
-log = logging.getLogger(__name__)
+
+def _log():
+    """This module's logger; logging is imported on first use (a failure), not at start-up."""
+    import logging
+
+    return logging.getLogger(__name__)
+
+
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 
 
@@ -111,7 +117,7 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
             err.seek(0)
             tail = err.read()[-2000:].decode("utf-8", "replace").strip()
             # The tool's own words go to the log, not to the client.
-            log.warning("encoder failed (exit %s): %s", code, tail)
+            _log().warning("encoder failed (exit %s): %s", code, tail)
             raise StitchError(f"ffmpeg failed (exit {code}) while encoding the output")
 
 

@@ -8,7 +8,6 @@ streaming into the pipe in order.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import tempfile
@@ -23,7 +22,26 @@ from ..options import Options
 from .loudness import apply_level, measuring, needs_level
 from .segment import Segment, fades
 
-log = logging.getLogger(__name__)
+
+def _log():
+    """This module's logger; logging is imported on first use (a failure), not at start-up."""
+    import logging
+
+    return logging.getLogger(__name__)
+
+
+# Samples per frame of the decoder's output (see graph_command).
+OUT_FRAME = 16384
+_F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1 << 20  # Linux's default ceiling for an unprivileged pipe (fs.pipe-max-size)
+
+
+def widen_pipe(fd: int) -> None:
+    """Let a pipe hold PIPE_BYTES, so its writer and reader swap far less often (best effort)."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class DecodeFailed(StitchError):
@@ -88,12 +106,12 @@ def graph_command(segments: list[Segment], layout: Layout) -> list[str]:
     else:
         joined = labels[0]
     post = fades(layout.total(segments), layout.fade_in, layout.fade_out)
-    if post:
-        chains.append(f"[{joined}]{','.join(post)}[out]")
-        joined = "out"
-    if not chains:  # one part, nothing to do but decode it
-        return cmd + ["-map", f"{joined}", *layout.pcm_args(), "pipe:1"]
-    return cmd + ["-filter_complex", ";".join(chains), "-map", f"[{joined}]", *layout.pcm_args(), "pipe:1"]
+    # Out in frames of OUT_FRAME samples, not the decoders' 1152: a twelfth of the writes and
+    # wake-ups on the pipe (about a third of the decoder's system time at 44.1 kHz).
+    post.append(f"asetnsamples=n={OUT_FRAME}:p=0")
+    chains.append(f"[{joined}]{','.join(post)}[out]")
+    return cmd + ["-filter_threads", "1", "-filter_complex", ";".join(chains), "-map", "[out]",
+                  *layout.pcm_args(), "pipe:1"]
 
 
 @dataclass
@@ -115,6 +133,7 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
         dec = subprocess.Popen(graph_command(segments, layout), stdout=subprocess.PIPE, stderr=err,
                                stdin=subprocess.DEVNULL, **dies_with_parent())
+        widen_pipe(dec.stdout.fileno())
         try:
             yield Pcm(dec.stdout, list(segments))
         except BaseException:
@@ -125,7 +144,7 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
             code = dec.wait()
         if code != 0:
             # The tool's own words go to the log, not to the client.
-            log.warning("decoder failed (exit %s): %s", code, _tail(err))
+            _log().warning("decoder failed (exit %s): %s", code, _tail(err))
             raise DecodeFailed(f"ffmpeg failed (exit {code}) while decoding the parts")
 
 
@@ -144,6 +163,7 @@ def streamed_pcm(segments: list[Segment], layout: Layout, target_lufs: float | N
     """One decoder per part, in order, into one pipe; each part's level is measured in parallel
     and it starts as soon as its own level is known. Gaps and fades are each part's own."""
     read_fd, write_fd = os.pipe()
+    widen_pipe(read_fd)
     pcm = Pcm(open(read_fd, "rb"))
     failures: list[BaseException] = []
     last = len(segments) - 1
@@ -183,7 +203,9 @@ def streamed_pcm(segments: list[Segment], layout: Layout, target_lufs: float | N
 
 
 def _decode_into(sink: BinaryIO, s: Segment, filters: list[str], layout: Layout) -> None:
-    cmd = ffmpeg_command(*s.input_args(), "-map", "0:a:0", "-af", ",".join(filters), *layout.pcm_args(), "pipe:1")
+    filters = [*filters, f"asetnsamples=n={OUT_FRAME}:p=0"]
+    cmd = ffmpeg_command(*s.input_args(), "-map", "0:a:0", "-filter_threads", "1", "-af", ",".join(filters),
+                         *layout.pcm_args(), "pipe:1")
     with tempfile.TemporaryFile() as err:
         # The decoder writes into the pipe itself: no copy through Python.
         code = subprocess.run(cmd, stdout=sink, stderr=err, stdin=subprocess.DEVNULL,

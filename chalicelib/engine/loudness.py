@@ -95,13 +95,21 @@ def measuring(segments: list[Segment], target_lufs: float | None = None,
               ceiling_dbtp: float | None = None) -> Iterator[list[Future]]:
     """Every segment's level, measured in parallel: yields the futures in segment order.
 
+    The same span of the same source is measured once, however often it is used (a prompt
+    repeated in an IVR menu, a jingle between every segment of a podcast).
     Leaving by an exception kills the measurements in flight and skips those not started,
     so a failed job does not wait for (possibly long) measurements nobody will read.
     """
     children = Children()
-    workers = max(1, min(len(segments), os.cpu_count() or 1))
+    spans = {_span(s) for s in segments}
+    workers = max(1, min(len(spans), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        levels = [pool.submit(measure, s, children, target_lufs, ceiling_dbtp) for s in segments]
+        started: dict[tuple, Future] = {}
+        levels = []
+        for s in segments:
+            if _span(s) not in started:
+                started[_span(s)] = pool.submit(measure, s, children, target_lufs, ceiling_dbtp)
+            levels.append(started[_span(s)])
         try:
             yield levels
         except BaseException:
@@ -109,6 +117,11 @@ def measuring(segments: list[Segment], target_lufs: float | None = None,
                 f.cancel()
             children.kill()
             raise
+
+
+def _span(s: Segment) -> tuple:
+    """What a measurement depends on: the source, the span read from it and the gain asked for."""
+    return str(s.info.path), s.start_s, s.duration_s, s.cut_end, s.gain_db
 
 
 def needs_level(segment: Segment, target_lufs: float | None) -> bool:

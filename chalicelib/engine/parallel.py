@@ -1,7 +1,8 @@
 """Encode a PCM stream with one encoder per usable core, and join the pieces into one exact stream.
 
 ffmpeg's audio encoders use one core. ``encode_pcm`` cuts the PCM into chunks on the output's frame
-grid and encodes them at once, each with a pre-roll (a few frames of the audio before it, so the
+grid and encodes them at once, one LAME per usable core in this process (``engine.lame``: threads,
+the GIL released while LAME runs; no process, PCM file or pipe per chunk), each with a pre-roll (a few frames of the audio before it, so the
 encoder's filter bank, psychoacoustic model and block switching are settled when the kept frames
 start) and a post-roll (a few frames after it, so its last kept frames see what follows, as a
 single pass would). The assembler keeps, from each chunk's stream, exactly the frames of the
@@ -14,13 +15,13 @@ Formats whose chunks cannot be joined exactly here are encoded in one pass by on
 from __future__ import annotations
 
 import contextlib
+import io
+import math
 import os
 import queue
-import shutil
 import subprocess
 import tempfile
 import threading
-import uuid
 from array import array
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,8 @@ from typing import BinaryIO
 from ..errors import StitchError
 from ..ffmpeg import Children, ffmpeg_binary
 from ..options import FORMATS, SAMPLE_RATES
-from .mp3 import build_tag_frame, parse_vbr_tag
+from . import lame
+from .mp3 import build_tag_frame
 from .mp3.reservoir import Frame, FrameReader, Relayer, ReservoirError
 
 # The encode path's defaults (encode.DEFAULT_BITRATE; it passes its bitrate resolved); a unit test
@@ -46,10 +48,14 @@ DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}
 PRE_ROLL_FRAMES = 8
 POST_ROLL_FRAMES = 4
 # With the total length known, chunks are total/workers long within these bounds; without it,
-# DEFAULT_CHUNK_S. Short chunks balance the cores and bound the temporary PCM on disk; each costs
-# an ffmpeg start (~30 ms) and its pre-/post-roll frames.
+# DEFAULT_CHUNK_S. Short chunks balance the cores and bound the PCM held in memory (20 s of
+# 48 kHz stereo float is 7.7 MB); each costs its pre- and post-roll frames (0.3 s of audio at
+# 44.1 kHz: 1.5 % of a 20 s chunk).
+# PCM the reader may hold ahead of the encoders (see held_chunks).
+BUFFER_BYTES = 32 << 20
 MIN_CHUNK_S = 5.0
-MAX_CHUNK_S = 30.0
+MIN_ROUNDS = 4
+MAX_CHUNK_S = 20.0
 DEFAULT_CHUNK_S = 20.0
 _READ_BYTES = 1 << 20
 
@@ -60,12 +66,13 @@ class Encoded:
     delay: int  # encoder delay the output's header declares (samples to skip at the start)
     padding: int  # samples to drop at the end
     chunks: int  # how many chunks were encoded (1 = single pass)
-    workers: int  # encoder processes used
+    workers: int  # encoders used at once
+    held: int = 0  # the most chunks that were read and not yet joined at one time (in memory)
 
 
 def parallel_formats() -> frozenset[str]:
-    """The formats ``encode_pcm`` encodes in chunks on several cores."""
-    return frozenset({"mp3"})
+    """The formats ``encode_pcm`` encodes in chunks on several cores: MP3 where LAME loads."""
+    return frozenset({"mp3"}) if lame.library() is not None else frozenset()
 
 
 def usable_cores() -> int:
@@ -91,9 +98,10 @@ def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: in
                chunk_s: float | None = None) -> Encoded:
     """Read interleaved float32 little-endian PCM from ``pcm`` until EOF and write ``out_path``.
 
-    ``fmt`` is a key of ``options.FORMATS``. MP3 is encoded in chunks by ``workers`` encoders at
-    once (default: the usable cores); other formats, one core, or an input known to be shorter
-    than two chunks take one ffmpeg pass. The file appears atomically (temp file + rename).
+    ``fmt`` is a key of ``options.FORMATS``. MP3 is encoded in chunks by ``workers`` LAME
+    threads at once (default: the usable cores; an input known to be shorter than two chunks is
+    one chunk); other formats, or MP3 without the LAME library, take one ffmpeg pass. The file
+    appears atomically (temp file + rename).
     ``progress(fraction)`` follows the PCM consumed when ``total_samples`` is given. Raises
     StitchError on failure.
     """
@@ -103,11 +111,13 @@ def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: in
         raise StitchError(f"cannot encode {channels} channels at {rate} Hz")
     workers = max(1, workers or usable_cores())
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.part")
+    tmp = out_path.with_name(f".{out_path.name}.{os.urandom(6).hex()}.part")
     job = _Job(fmt, rate, channels, bitrate, progress, total_samples)
     chunk = _chunk_samples(job, workers, chunk_s)
     try:
-        if fmt in parallel_formats() and workers > 1 and chunk is not None:
+        # MP3 is LAME in this process even on one core: a chunk costs less CPU than one ffmpeg
+        # pass (its PCM is not converted and piped again, and no process starts).
+        if fmt in parallel_formats() and chunk is not None:
             result = _encode_chunked(pcm, tmp, job, workers, chunk)
         else:
             result = _encode_single(pcm, tmp, job)
@@ -155,12 +165,26 @@ def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None
         seconds = chunk_s
     elif job.total is not None:
         if job.total < 2 * MIN_CHUNK_S * job.rate:
-            return None  # shorter than two chunks: nothing to gain from chunking
-        seconds = min(MAX_CHUNK_S, max(MIN_CHUNK_S, job.total / workers / job.rate))
+            # shorter than two chunks: one chunk, the whole input (at most 10 s in memory)
+            frames = -(-job.total // spf)
+            return max(PRE_ROLL_FRAMES + POST_ROLL_FRAMES, frames) * spf
+        # Rounds of one chunk per encoder, all chunks alike (no encoder is left to finish a
+        # last short chunk alone while the others wait), at least MIN_ROUNDS of them: the first
+        # encode starts once one chunk is decoded, and the last once the decoder is done.
+        total_s = job.total / job.rate
+        count = workers * max(MIN_ROUNDS, math.ceil(total_s / workers / MAX_CHUNK_S))
+        if total_s / count < MIN_CHUNK_S:
+            count = max(1, int(total_s // MIN_CHUNK_S))  # fewer chunks, still alike
+        seconds = total_s / count
     else:
         seconds = DEFAULT_CHUNK_S
     frames = max(PRE_ROLL_FRAMES + POST_ROLL_FRAMES, -(-round(seconds * job.rate) // spf))
     return frames * spf
+
+
+def held_chunks(workers: int, chunk_bytes: int) -> int:
+    """How many chunks may be read and not yet joined: workers + 1, or more within BUFFER_BYTES."""
+    return max(workers + 1, BUFFER_BYTES // max(chunk_bytes, 1))
 
 
 def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes] | None:
@@ -225,77 +249,91 @@ class _Chunk:
     index: int
     first: int  # global sample where this chunk's PCM starts (its pre-roll included)
     main: int  # global sample where the samples it owns start
-    end: int  # global sample where its PCM ends (its post-roll included)
-    pcm_path: Path
-    mp3_path: Path
+    pcm: bytearray | None  # its interleaved f32 PCM, dropped once encoded
     last: bool = False
+    delay: int = 0  # the encoder delay of its stream
     future: Future | None = field(default=None, repr=False)
 
 
+class _Source:
+    """Fills buffers from the PCM stream: straight into them (``readinto``) where the stream can."""
+
+    def __init__(self, pcm: BinaryIO, job: _Job):
+        self._pcm, self._job = pcm, job
+        self._readinto = getattr(pcm, "readinto", None)
+
+    def fill(self, view: memoryview, check: Callable[[], None], consumed_before: int) -> int:
+        """Bytes read into ``view``: all of it, or less at EOF."""
+        filled = 0
+        while filled < len(view):
+            part = view[filled:filled + _READ_BYTES]
+            got = None
+            if self._readinto is not None:
+                try:
+                    got = self._readinto(part)
+                except NotImplementedError:  # a raw stream with read() only
+                    self._readinto = None
+            if got is None:
+                data = self._pcm.read(len(part))
+                got = len(data)
+                part[:got] = data
+            if not got:
+                break
+            filled += got
+            self._job.report(consumed_before + filled // self._job.sample_bytes)
+            check()
+        return filled
+
+
 def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: int) -> Encoded:
+    """Chunk k owns the global samples [k*chunk, (k+1)*chunk) (the last one: to the end) and is
+    encoded from its pre-roll to its post-roll; only one chunk is being read at a time, and the
+    next one starts with the tail of the previous one (its pre-roll and the post-roll overlap)."""
     spf = job.frame_samples
     pre, post = PRE_ROLL_FRAMES * spf, POST_ROLL_FRAMES * spf
-    work = Path(tempfile.mkdtemp(prefix=".chunks-", dir=tmp.parent))
-    children = Children("encoding stopped: the job failed")
-    # Chunks whose PCM or MP3 is on disk: the reader waits while this many are not yet joined.
-    slots = threading.BoundedSemaphore(workers + 2)
+    sb = job.sample_bytes
+    # Chunks read and not yet joined (their PCM, then their MP3, is in memory): the reader waits
+    # while this many are. One more than the encoders keeps them busy; more, within
+    # BUFFER_BYTES, let the decoder run ahead, so the last chunks are not waiting for it.
+    slots = threading.BoundedSemaphore(held_chunks(workers, (chunk + pre + post) * sb))
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     assembler = _Assembler(tmp, job, slots, chunk, pre)
     thread = threading.Thread(target=assembler.run, args=(chunks,), name="mp3-assemble", daemon=True)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mp3-chunk")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mp3-chunk", initializer=_nicer)
+    source = _Source(pcm, job)
     thread.start()
     consumed = 0
-    count = 0
-    open_chunks: list[tuple[_Chunk, BinaryIO]] = []
+    count = held = 0
     try:
-        next_open = 0  # global sample where the next chunk's PCM starts
-
-        def open_next() -> None:
-            nonlocal next_open, count
+        carry = b""  # the previous chunk's last pre + post samples: where the next one starts
+        while True:
             k = count
-            main = k * chunk
+            first = k * chunk - pre if k else 0
+            size = (k + 1) * chunk + post - first
             while not slots.acquire(timeout=0.5):
                 assembler.check()
-            c = _Chunk(k, main - pre if k else 0, main, main + chunk + post,
-                       work / f"{k}.pcm", work / f"{k}.mp3")
-            open_chunks.append((c, open(c.pcm_path, "wb")))
-            count += 1
-            next_open = (k + 1) * chunk - pre
-
-        def submit(c: _Chunk, f: BinaryIO) -> None:
-            f.close()
-            c.future = pool.submit(_encode_chunk, c, job, children)
-            chunks.put(c)
-
-        carry = b""
-        while (got := _read_samples(pcm, job, carry)) is not None:
-            block, carry = got
-            view = memoryview(block)
-            while view:
-                if consumed == next_open:
-                    open_next()
-                stop = min([next_open] + [c.end for c, _ in open_chunks])
-                take = min(len(view), (stop - consumed) * job.sample_bytes)
-                for _, f in open_chunks:
-                    f.write(view[:take])
-                view = view[take:]
-                consumed += take // job.sample_bytes
-                for c, f in [x for x in open_chunks if x[0].end == consumed]:
-                    open_chunks.remove((c, f))
-                    submit(c, f)
-            job.report(consumed)
-            assembler.check()
-        # EOF: a chunk that got only pre-roll owns nothing; the one before it is the last.
-        for c, f in list(open_chunks):
-            if c.index and c.main >= consumed:
-                f.close()
-                os.unlink(c.pcm_path)
-                open_chunks.remove((c, f))
+            buf = bytearray(size * sb)
+            buf[:len(carry)] = carry
+            view = memoryview(buf)
+            filled = len(carry) + source.fill(view[len(carry):], assembler.check, first + len(carry) // sb)
+            view.release()
+            eof = filled < len(buf)
+            if eof:
+                filled -= filled % sb  # a sample cut in half at the end is not a sample
+                del buf[filled:]
+            consumed = first + filled // sb
+            if k == 0 and consumed == 0:
                 slots.release()
-                count -= 1
-        for c, f in open_chunks:
-            c.last = c is open_chunks[-1][0]
-            submit(c, f)
+                break
+            c = _Chunk(k, first, k * chunk, buf, last=eof)
+            if not eof:
+                carry = bytes(buf[-(pre + post) * sb:])
+            c.future = pool.submit(_encode_chunk, c, job)
+            chunks.put(c)
+            count += 1
+            held = max(held, count - assembler.joined)
+            if eof:
+                break
         chunks.put(None)
         thread.join()
         assembler.check()
@@ -303,20 +341,15 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
         if count:
             assembler.write_tag(consumed)
     except BaseException:
-        for _, f in open_chunks:
-            f.close()
-        children.kill()
         assembler.stop()
         chunks.put(None)
         pool.shutdown(cancel_futures=True)
         thread.join()
         raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     if count == 0:
         return _encode_single(_Empty(), tmp, job)
     padding = assembler.frames * spf - assembler.delay - consumed
-    return Encoded(consumed, assembler.delay, padding, chunks=count, workers=min(workers, count))
+    return Encoded(consumed, assembler.delay, padding, chunks=count, workers=min(workers, count), held=held)
 
 
 class _Empty:
@@ -325,17 +358,29 @@ class _Empty:
         return b""
 
 
-def _encode_chunk(c: _Chunk, job: _Job, children: Children) -> None:
-    """Encode one chunk's PCM file to MP3 with the job's encoder options; delete the PCM."""
-    cmd = job.input_args(str(c.pcm_path)) + encoder_args("mp3", job.rate, job.channels, job.bitrate)
-    # No ID3 tag; the Info frame stays: it tells the encoder delay.
-    cmd += ["-id3v2_version", "0", "-write_id3v1", "0", "-f", "mp3", str(c.mp3_path)]
-    proc = children.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    code = proc.wait()
-    with contextlib.suppress(OSError):
-        os.unlink(c.pcm_path)
-    if code != 0:
-        raise StitchError(f"the mp3 encoder failed on chunk {c.index} (exit {code})")
+# The chunk encoders run this much nicer than the rest of the process (and the decoder feeding
+# it): with every core busy, the decoder then gets the CPU it needs to keep ahead, and the last
+# chunks are not held up behind a decoder starved by the encoders it feeds.
+ENCODER_NICENESS = 5
+
+
+def _nicer() -> None:
+    """Lower this thread's priority (Linux: a thread's own nice value), once per pool thread."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICENESS)
+
+
+def _encode_chunk(c: _Chunk, job: _Job) -> bytes:
+    """One chunk's MP3 stream (no Info frame), from LAME in this process (engine.lame)."""
+    enc = lame.Encoder(job.rate, job.channels, job.bitrate or DEFAULT_BITRATE["mp3"])
+    try:
+        data = enc.encode(c.pcm)
+        c.pcm = None
+        data += enc.finish()
+    finally:
+        enc.close()
+    c.delay = enc.delay
+    return data
 
 
 class _Assembler:
@@ -356,6 +401,7 @@ class _Assembler:
         self._error: BaseException | None = None
         self._stopped = False
         self.frames = 0
+        self.joined = 0  # chunks written out
         self.delay = 0
         self.seam_moves = 0
         self.bumped = 0
@@ -406,8 +452,8 @@ class _Assembler:
             if self._stopped:
                 self._slots.release()
                 continue
-            c.future.result()
-            with open(c.mp3_path, "rb") as f:
+            stream = c.future.result()
+            with io.BytesIO(stream) as f:
                 reader = FrameReader(f)
                 keep_from = self._pre_frames if c.index else 0
                 keep_to = None if c.last else keep_from + self._chunk_frames
@@ -420,10 +466,7 @@ class _Assembler:
                         tag_size = len(build_tag_frame(frame.header, 0, 0, bytes(100), vbr=False,
                                                        delay=0, padding=0))
                         out.write(bytes(tag_size))
-                        tag = parse_vbr_tag(reader.info_frame, frame.header) if reader.info_frame else None
-                        if tag is None or tag.encoder_delay is None:
-                            raise StitchError("the mp3 encoder wrote no LAME tag")
-                        self.delay = tag.encoder_delay
+                        self.delay = c.delay
                     if j < keep_from:
                         continue
                     if keep_to is not None and j >= keep_to:
@@ -445,7 +488,7 @@ class _Assembler:
                 spare = new_spare
             if keep_to is not None and kept != self._chunk_frames:
                 raise StitchError(f"chunk {c.index} of the mp3 encode came out short")
-            os.unlink(c.mp3_path)
+            self.joined += 1
             self._slots.release()
         relayer.finish()
         if first_header is None:

@@ -288,7 +288,9 @@ def test_one_graph_decodes_to_pcm_and_a_separate_encoder_encodes_it(clips, tmp_p
     # past the edit list, so that part is cut to its length.
     assert chains[0] == "[1:a:0]aresample=44100,aformat=sample_fmts=flt:channel_layouts=stereo," \
                         "atrim=end_sample=44100,apad=whole_len=44100[p1]"
-    assert chains[-1] == "[0:a:0][p1]concat=n=2:v=0:a=1[j]"
+    assert chains[-2] == "[0:a:0][p1]concat=n=2:v=0:a=1[j]"
+    # out in big frames: fewer writes on the pipe (graph.OUT_FRAME)
+    assert chains[-1] == f"[j]asetnsamples=n={graph.OUT_FRAME}:p=0[out]"
     assert "-t" not in cmd
     out = tmp_path / "o.mp3"
     result = stitch([PartInput(clips["mp3"]), PartInput(clips["m4a"])], out, Options.from_dict({"bitrate": "96k"}))

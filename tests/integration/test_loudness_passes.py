@@ -46,3 +46,17 @@ def test_true_peak_pass_only_when_the_boost_may_reach_the_ceiling(tone, monkeypa
         assert level.true_peak_db == exact.true_peak_db
     final = loudness.apply_level(segment, level, target, -1.5)
     assert final.gain_db == loudness.apply_level(segment, exact, target, -1.5).gain_db
+
+
+def test_a_span_used_twice_is_measured_once(tone, monkeypatch):
+    """The same span of the same source (a repeated prompt) costs one measurement; another span
+    of it, or another gain, is a measurement of its own."""
+    seen = _passes(monkeypatch)
+    info = AudioInfo(tone, 2.0, "pcm", 44100, 2, index=0)
+    same = [Segment(info, 0.0, 2.0, 0.0), Segment(info, 0.0, 2.0, 0.0)]
+    other = [Segment(info, 0.5, 1.0, 0.0), Segment(info, 0.0, 2.0, 3.0)]
+    with loudness.measuring(same + other, -16, -1.5) as futures:
+        levels = [f.result() for f in futures]
+    assert len(seen) == 3
+    assert futures[0] is futures[1] and levels[0] == levels[1]
+    assert len({id(f) for f in futures}) == 3

@@ -64,7 +64,7 @@ def test_template_has_the_stage_resources_and_function_settings(packaged):
     worker = res[infra.WORKER_FUNCTION_ID]
     props = worker["Properties"]
     assert props["Handler"] == "app.process_job"
-    assert (props["MemorySize"], props["Timeout"]) == (2048, 900)
+    assert (props["MemorySize"], props["Timeout"]) == (4096, 900)
     assert props["EphemeralStorage"] == {"Size": infra.WORKER_EPHEMERAL_MB}
     assert worker["DependsOn"] == ["JobsQueue"]
     event = props["Events"][f"{infra.WORKER_FUNCTION_ID}SqsEventSource"]["Properties"]

@@ -31,6 +31,7 @@ import soundfile
 
 from chalicelib import records
 from chalicelib.engine import encode as encode_module
+from chalicelib.engine import lame as lame_binding
 from chalicelib.engine import parallel
 from chalicelib.engine.graph import Layout
 from chalicelib.engine.mp3 import parse_header, peek
@@ -128,6 +129,30 @@ def test_sndfile_honours_the_lame_gapless_tag(tmp_path):
     assert len(sndfile_decode(bare)) > len(x) + 576
 
 
+# -- the chunk encoder is ffmpeg's encoder -----------------------------------------------------------
+
+@pytest.mark.parametrize("rate,channels,bitrate", [(44100, 2, "128k"), (48000, 2, "256k"), (16000, 1, "32k")])
+def test_lame_in_process_encodes_as_ffmpegs_libmp3lame(tmp_path, rate, channels, bitrate):
+    """Same stream kind frame for frame (bitrate, rate, stereo mode), same frame count and the same
+    quality as `ffmpeg -c:a libmp3lame` on the same PCM; the builds differ, so not the same bytes."""
+    x = music(6, rate, channels)
+    ref = lame(tmp_path, x, rate, bitrate)
+    enc = lame_binding.Encoder(rate, channels, bitrate)
+    ours = tmp_path / "ours.mp3"
+    ours.write_bytes(enc.encode(bytearray(x.tobytes())) + enc.finish())
+
+    def kinds(path):
+        return [(f.header.bitrate, f.header.sample_rate, f.header.channel_mode) for f in FrameReader(open(path, "rb"))]
+
+    assert kinds(ours) == kinds(ref)
+    a, b = ffmpeg_decode(ours, channels), ffmpeg_decode(ref, channels)
+    assert len(a) == len(b)
+    d = enc.delay + 529  # both streams start with LAME's delay: compare with the input
+    n = len(x)
+    ours_db, ref_db = snr_db(x, a[d:d + n]), snr_db(x, b[d:d + n])
+    assert ref_db > 15 and abs(ours_db - ref_db) < 0.25
+
+
 # -- reservoir re-lay -----------------------------------------------------------------------------
 
 def lame(tmp_path: Path, x: np.ndarray, rate: int, bitrate: str, name: str = "src.mp3") -> Path:
@@ -137,6 +162,14 @@ def lame(tmp_path: Path, x: np.ndarray, rate: int, bitrate: str, name: str = "sr
     subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ch_layout", layout,
                     "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", bitrate, "-id3v2_version", "0", "-write_xing", "0",
                     str(path)], input=x.tobytes(), check=True)
+    return path
+
+
+def single_pass(x: np.ndarray, path: Path, rate: int, bitrate: str = "128k") -> Path:
+    """The reference: one `ffmpeg -c:a libmp3lame` pass over ``x``, LAME tag and all."""
+    layout = "mono" if x.shape[1] == 1 else "stereo"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ch_layout", layout,
+                    "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", bitrate, str(path)], input=x.tobytes(), check=True)
     return path
 
 
@@ -234,10 +267,10 @@ def test_chunked_mp3_is_exact_and_seams_are_clean(tmp_path, rate, channels, bitr
     x = signal(24, rate, channels)
     chunk_s = 2.0
     par = encode(x, tmp_path / "par.mp3", rate, bitrate=bitrate, workers=2, chunk_s=chunk_s)
-    one = encode(x, tmp_path / "one.mp3", rate, bitrate=bitrate, workers=1)
-    assert (par.chunks, par.workers, one.chunks, one.workers) == (12, 2, 1, 1)
-    assert par.samples == one.samples == len(x)
-    assert par.delay == one.delay == 576  # LAME's own delay, as the Info tag of a single pass says
+    single_pass(x, tmp_path / "one.mp3", rate, bitrate)
+    assert (par.chunks, par.workers) == (12, 2)
+    assert par.samples == len(x)
+    assert par.delay == peek(tmp_path / "one.mp3").vbr_tag.encoder_delay == 576  # as ffmpeg's Info tag says
     spf = 1152 if rate >= 32000 else 576
     head = peek(tmp_path / "par.mp3")
     assert head.vbr_tag.frames * spf - head.vbr_tag.encoder_delay - head.vbr_tag.encoder_padding == len(x)
@@ -283,7 +316,7 @@ def test_a_seam_whose_reservoir_does_not_fit_moves_onto_the_previous_chunks_fram
     par = encode(x, tmp_path / "par.mp3", rate, workers=2, chunk_s=chunk_s)
     assert refused.count(None) == par.chunks - 1 == 5  # one refusal per seam
     monkeypatch.setattr(Relayer, "fits", fits)
-    encode(x, tmp_path / "one.mp3", rate, workers=1)
+    single_pass(x, tmp_path / "one.mp3", rate)
     dp, ds = ffmpeg_decode(tmp_path / "par.mp3", 2), ffmpeg_decode(tmp_path / "one.mp3", 2)
     assert len(dp) == len(sndfile_decode(tmp_path / "par.mp3")) == len(x)
     assert snr_db(x, dp) >= snr_db(x, ds) - 0.5
@@ -300,13 +333,15 @@ PRE, POST = parallel.PRE_ROLL_FRAMES * 576, parallel.POST_ROLL_FRAMES * 576
 
 @pytest.mark.parametrize("extra", [-1, 0, 1, POST - 1, POST, POST + 1, -PRE, -PRE - 1, -PRE + 1])
 def test_every_end_position_decodes_to_the_exact_length(tmp_path, extra):
-    """EOF inside the next chunk's pre-roll, at a chunk boundary, inside the post-roll: always exact."""
+    """EOF inside the next chunk's pre-roll, at a chunk boundary, inside the post-roll: always exact.
+    A chunk whose post-roll the input does not fill is the last one and owns the rest; an input
+    that fills it exactly leaves a fourth chunk owning just that post-roll."""
     rate = 8000
     C = chunk_samples(1.5, rate)
     assert C > PRE + POST
     x = speech(5, rate, 1)[:3 * C + extra]
     r = encode(x, tmp_path / "o.mp3", rate, bitrate="24k", workers=2, chunk_s=1.5)
-    assert r.chunks == (3 if extra <= 0 else 4)
+    assert r.chunks == (3 if extra < POST else 4)
     assert len(ffmpeg_decode(tmp_path / "o.mp3", 1)) == len(x)
     assert len(sndfile_decode(tmp_path / "o.mp3")) == len(x)
 
@@ -315,7 +350,7 @@ def test_chunk_length_follows_the_total_and_short_inputs_take_one_pass(tmp_path)
     rate = 8000
     x = speech(12, rate, 1)
     long = encode(x, tmp_path / "a.mp3", rate, workers=2, total_samples=len(x))
-    assert long.chunks == 2 and long.workers == 2  # total / workers, at least MIN_CHUNK_S
+    assert long.chunks == 2 and long.workers == 2  # chunks alike, at least MIN_CHUNK_S: 2 x 6 s
     short = encode(x[:rate * 9], tmp_path / "b.mp3", rate, workers=2, total_samples=rate * 9)
     assert short.chunks == 1  # shorter than two chunks
     unknown = encode(x[:rate * 3], tmp_path / "c.mp3", rate, workers=2)
@@ -324,21 +359,25 @@ def test_chunk_length_follows_the_total_and_short_inputs_take_one_pass(tmp_path)
         assert len(ffmpeg_decode(tmp_path / f"{name}.mp3", 1)) == n
 
 
-def test_chunks_on_disk_stay_bounded(tmp_path, monkeypatch):
-    """At most workers + 2 chunks (PCM or MP3) exist at once, however long the input."""
-    seen = []
+def test_chunks_in_memory_stay_bounded(tmp_path, monkeypatch):
+    """At most held_chunks() chunks (their PCM, then their MP3) are held at once, however long
+    the input: with encoders slower than the reader, the reader waits."""
     encode_chunk = parallel._encode_chunk
 
-    def counting(c, job, children):
-        seen.append(len({p.stem for p in c.pcm_path.parent.iterdir()}))
-        time.sleep(0.05)  # encoders slower than the reader: the reader has to wait
-        return encode_chunk(c, job, children)
+    def slow(c, job):
+        time.sleep(0.05)
+        return encode_chunk(c, job)
 
-    monkeypatch.setattr(parallel, "_encode_chunk", counting)
+    monkeypatch.setattr(parallel, "_encode_chunk", slow)
+    chunk_bytes = (chunk_samples(1.0, 8000) + PRE + POST) * 4  # 8 kHz mono float, with its rolls
+    monkeypatch.setattr(parallel, "BUFFER_BYTES", 4 * chunk_bytes + 100)
+    assert parallel.held_chunks(2, chunk_bytes) == 4
     x = speech(40, 8000, 1)
     r = encode(x, tmp_path / "a.mp3", 8000, workers=2, chunk_s=1.0)
-    assert r.chunks == len(seen) >= 30
-    assert 3 <= max(seen) <= 2 + 2  # reached, never exceeded
+    assert r.chunks >= 30
+    assert r.held == 4  # reached, never exceeded
+    monkeypatch.setattr(parallel, "BUFFER_BYTES", 0)
+    assert parallel.held_chunks(2, chunk_bytes) == 3  # never fewer than one per encoder + 1
     assert len(ffmpeg_decode(tmp_path / "a.mp3", 1)) == len(x)
     assert _leftovers(tmp_path) == ["a.mp3"]
 
@@ -432,18 +471,28 @@ def _children_of_us() -> list[int]:
 
 
 def test_an_encoder_failure_is_our_message_and_leaves_nothing(tmp_path, monkeypatch):
+    """One ffmpeg pass (ogg) and LAME in this process (mp3, one worker or two): our message, no
+    tool output, no file left."""
     tool = tmp_path / "bin" / "ffmpeg"
     tool.parent.mkdir()
     tool.write_text("#!/bin/sh\necho 'raw ffmpeg noise' >&2\nexit 3\n")
     tool.chmod(0o755)
     monkeypatch.setattr(parallel, "ffmpeg_binary", lambda: str(tool))
+    calls = []
+
+    def refuse(self, addr, n, out):
+        calls.append(n)
+        return -3  # what LAME returns when its output buffer is too small
+
+    monkeypatch.setattr(lame_binding.Encoder, "_lame_encode", refuse)
     out = tmp_path / "out"
     out.mkdir()
-    for workers in (1, 2):
+    for fmt, workers, message in (("ogg", 2, "exit 3"), ("mp3", 1, "LAME error -3"), ("mp3", 2, "LAME error -3")):
         with pytest.raises(StitchError) as e:
-            encode(speech(3, 8000, 1), out / "a.mp3", 8000, workers=workers, chunk_s=0.5)
-        assert "exit 3" in e.value.message and "noise" not in e.value.message
+            encode(speech(3, 8000, 1), out / f"a.{fmt}", 8000, fmt=fmt, workers=workers, chunk_s=0.5)
+        assert message in e.value.message and "noise" not in e.value.message
         assert _leftovers(out) == []
+    assert calls  # the mp3 runs did reach LAME
 
 
 class _FailingPcm(io.RawIOBase):

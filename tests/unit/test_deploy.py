@@ -213,3 +213,31 @@ def test_layer_is_published_once_per_content(tmp_path):
         with zipfile.ZipFile(layer, "a") as zf:
             zf.writestr("bin/README", "changed")
         assert deploy.publish_layer("prod", layer, client=lam).endswith(":layer:audio-stitch-prod-deno:2")
+
+
+def test_lambda_wheels_are_asked_for_the_runtimes_python():
+    """Chalice gives pip the runtime's ABI (cp312) but not its version: without the pin, pip looks
+    for cp311 wheels with a cp312 ABI and a binary dependency (lameenc) goes missing from the zip."""
+    from chalice.deploy.packager import PipRunner
+
+    from infra import chalice_guard
+    from infra.definitions import LAMBDA_RUNTIME
+
+    chalice_guard.pin_runtime()
+    chalice_guard.pin_runtime()  # twice: wrapped once
+
+    class Recording(PipRunner):
+        def __init__(self):
+            self.calls = []
+
+        def _execute(self, command, args, env_vars=None, shim=None):
+            self.calls.append((command, args))
+            return 0, b"", b""
+
+    pip = Recording()
+    pip.download_manylinux_wheels("cp312", ["lameenc==1.9.0"], "/tmp/x", ["manylinux2014_x86_64"])
+    [(command, args)] = pip.calls
+    assert command == "download"
+    assert args[:2] == ["--python-version", LAMBDA_RUNTIME.removeprefix("python")]
+    assert args.count("--python-version") == 1 and args[-1] == "lameenc==1.9.0"
+    assert "_execute" not in vars(pip)  # the instance is left as it was
