@@ -219,7 +219,8 @@ def test_a_failing_write_is_one_line_and_leaves_nothing(files, tmp_path):
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    proc = subprocess.run([sys.executable, "-m", "audio_stitch", "stitch", *parts, "-o", str(out_dir / "o.mp3"),
+    # -B: under the limit the interpreter would write truncated .pyc files into the checkout.
+    proc = subprocess.run([sys.executable, "-B", "-m", "audio_stitch", "stitch", *parts, "-o", str(out_dir / "o.mp3"),
                            "--join", "copy"], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=small_files)
     assert proc.returncode == 1 and proc.stdout == ""
