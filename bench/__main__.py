@@ -113,6 +113,14 @@ class Engine:
         return [*self.cli, *map(str, parts), "-o", str(out), *flags]
 
 
+def copy_join_tasks(engine: Engine, parts: list[Path], out_dir: Path, env: dict) -> list[Task]:
+    """The copy-join row's two commands: the CLI (``--join copy`` where it has the flag) and cat."""
+    e_out, c_out = out_dir / "L-copy.mp3", out_dir / "L-cat.mp3"
+    flags = ["--join", "copy"] if engine.cli_join else []
+    return [Task("engine CLI copy join", engine.cli_cmd(parts, e_out, *flags), e_out, env),
+            Task("cat", ["cat", *map(str, parts)], c_out, env, stdout_to=True)]
+
+
 def ffmpeg_concat_cmd(binary: str, parts: list[Path], out: Path, codec: list[str]) -> list[str]:
     """What one writes by hand: every part an input, the concat filter, one encoder."""
     inputs = [a for p in parts for a in ("-i", str(p))]
@@ -218,11 +226,7 @@ def run(profile: str, data_root: Path, log=print) -> tuple[list[Target], list[Ta
                                   "single-pass (the engine does not chunk AAC): not run", None))
 
     # 4. Copy join of L against cat, whole process.
-    e_out, c_out = out_dir / "L-copy.mp3", out_dir / "L-cat.mp3"
-    flags = ["--join", "copy"] if engine.cli_join else []
-    eng, cat = group("L: copy join vs cat", [
-        Task("engine CLI copy join", engine.cli_cmd(lp, e_out, *flags), e_out, env),
-        Task("cat", ["cat", *map(str, lp)], c_out, env, stdout_to=True)], n_copy, True)
+    eng, cat = group("L: copy join vs cat", copy_join_tasks(engine, lp, out_dir, env), n_copy, True)
     cmp("copy join of L vs `cat` (CLI, whole process)", eng, cat, 1.3, f"; engine mode {_mode(eng)}")
 
     # 5. Peak RSS of the whole process tree, over every engine run above.

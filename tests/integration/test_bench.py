@@ -64,3 +64,16 @@ def test_bench_smoke_on_tiny_inputs(tmp_path):
     # The exact rows check what they claim: the outputs decode to the parts' summed lengths.
     assert "engine output exact" in table
     assert doc.stat().st_mtime_ns == before  # only the full profile writes docs/performance.md
+
+
+@pytest.mark.timeout(120)
+def test_copy_pair_runs_the_copy_join_row_alone(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench.copy_pair", "--profile", "tiny", "--rounds", "2",
+                           "--data", str(tmp_path / "data"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wall ratio " in proc.stdout and "(target <= 1.3x)" in proc.stdout and ", 2 pairs)" in proc.stdout
+    # Both sides wrote the parts' audio: the CLI without the parts' tags and tag frames, plus its own.
+    copied, catted = (out / "L-copy.mp3").stat().st_size, (out / "L-cat.mp3").stat().st_size
+    assert 0 < catted - copied < 4096
