@@ -327,12 +327,15 @@ stereo, LAME-tagged): {sizes}.
   machine whose cores are busy with other work (load at or above the core count), the chunk
   encoders compete with each other and with the baseline's single encoder, and the ratio tends to
   1x or above. Judge the parallel targets on a quiet machine.
-- The copy-join row includes the CLI's start-up (interpreter and imports), a fixed cost that `cat`
-  does not pay, and a good part of the gap on L. In CPU time (user+sys of the process tree,
-  interleaved pairs, 2026-12-01): the CLI takes 0.19 s for L against `cat`'s 0.09 s: Python's
-  start-up 0.025 s, the CLI's imports about 0.03 s, reading and writing the 173 MB (what `cat`
-  does) 0.09-0.10 s, the frame walk 0.015 s. Reading and writing alone are `cat`, so 1.3x leaves
-  0.03 s for everything else: below what the interpreter costs to start.
+- The copy-join row includes the CLI's start-up, a fixed cost that `cat` does not pay: the
+  interpreter with the venv's site-packages 0.025 s (the editable install's finder imports
+  pathlib and re, which the CLI needs anyway: 0.003 s net), the CLI's own imports 0.009 s (no
+  argparse for `PART... -o OUT --join copy`, no dataclasses: chalicelib/records.py). Reading and
+  writing the 173 MB cost about what `cat` pays (less with the preallocated output), the frame
+  walk 0.02-0.03 s. The CLI takes 0.16-0.17 s of CPU for L against `cat`'s 0.09 s, but its copy
+  runs on two threads: the wall-time target needs the second core free. On a loaded machine the
+  wall-time ratio tends to the CPU-time ratio (about 1.8x). `python -m bench.copy_pair` runs this
+  row alone.
 - On a loaded machine the wall-time ratios follow the CPU-time ratios. In CPU time the exact join
   of P costs 1.3x the concat-filter command (Python 0.22 s: start-up, probing 100 parts, the
   chunk reader and the MP3 assembler; the decoder and 4 chunk encoders about what one ffmpeg

@@ -1,7 +1,8 @@
 """MPEG audio at frame level: scan a file's frames and join files without decoding.
 
 Nothing here decodes audio or holds a whole file in memory: files are read in chunks, frame
-headers are walked with a lookup table, and audio bytes are copied with ``copy_file_range``.
+headers are walked with a lookup table, and each chunk is written from the buffer it was read
+into (two threads taking turns on long parts, walk.FrameCopier).
 The joined file gets one Xing/Info frame (frame count, byte count, TOC) and a LAME tag
 carrying the first part's encoder delay and the last part's padding, so decoders (ffmpeg,
 mpg123, mutagen, players) report the same duration the decoder produces.
