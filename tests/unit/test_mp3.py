@@ -344,3 +344,21 @@ def test_copy_join_without_fallocate_writes_the_same_bytes(tones, tmp_path, monk
         stitch(parts, tmp_path / "full" / "o.mp3", COPY)
     assert exc.value.errno == errno.ENOSPC
     assert list((tmp_path / "full").iterdir()) == []
+
+
+def test_copy_join_without_a_second_thread_writes_the_same_bytes(tones, tmp_path, monkeypatch):
+    """Where no thread can be started (a process limit), the calling thread copies alone."""
+    import _thread
+    import importlib
+
+    join = importlib.import_module("chalicelib.engine.mp3.join")
+    monkeypatch.setattr(join, "CHUNK", 1000)  # every part takes many chunks: two threads normally
+    parts = [PartInput(tones[n]) for n in ("c", "tagged", "a")]
+    stitch(parts, tmp_path / "two.mp3", COPY)
+
+    def refuse(*_args):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
+    stitch(parts, tmp_path / "one.mp3", COPY)
+    assert (tmp_path / "one.mp3").read_bytes() == (tmp_path / "two.mp3").read_bytes()

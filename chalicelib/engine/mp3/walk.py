@@ -362,22 +362,23 @@ class FrameCopier:
         self._go = self._done = None  # the helper's, once it is started
         self._job: tuple | None = None
         self._error: BaseException | None = None
+        self._alone = False  # set if the helper thread could not be started
 
     def copy(self, fd: int, head: Mp3Head, out_at: int) -> Mp3Scan:
         """Walk the part open as ``fd`` and write its frames from ``out_at`` on."""
         walk = _FrameWalk(head)
         chunks = _chunks(head.audio_start, head.end_limit, self.size)
         out = (self.fd, out_at - head.audio_start)
-        if len(chunks) < 2:
+        if self._go is None and len(chunks) > 1 and not self._alone:
+            self._start()
+        if len(chunks) < 2 or self._alone:
             _take_turns(walk, fd, chunks, 0, 1, self._buffers[0], out, None)
             return walk.result()
-        if self._go is None:
-            self._start()
         mine, theirs = _Baton(given=True), _Baton()  # chunk 0, this thread's, is walked first
         self._error = None
         self._job = (walk, fd, chunks, out, (theirs, mine))
-        self._go.release()
         try:
+            self._go.release()
             _take_turns(walk, fd, chunks, 0, 2, self._buffers[0], out, (mine, theirs))
         except BaseException as exc:
             self._error = self._error or exc
@@ -393,14 +394,19 @@ class FrameCopier:
         return walk.result()
 
     def _start(self) -> None:
-        self._go, self._done = _thread.allocate_lock(), _thread.allocate_lock()
-        self._go.acquire()
-        self._done.acquire()
-        _thread.start_new_thread(self._help, ())
+        go, done = _thread.allocate_lock(), _thread.allocate_lock()
+        go.acquire()
+        done.acquire()
+        try:
+            _thread.start_new_thread(self._help, (go, done))
+        except RuntimeError:  # no thread to be had (a process or memory limit): copy alone
+            self._alone = True
+            return
+        self._go, self._done = go, done
 
-    def _help(self) -> None:
+    def _help(self, go, done) -> None:
         while True:
-            self._go.acquire()
+            go.acquire()
             if self._job is None:
                 return
             walk, fd, chunks, out, turns = self._job
@@ -410,7 +416,7 @@ class FrameCopier:
                 self._error = self._error or exc
                 turns[1].give(False)
             self._job = ()
-            self._done.release()
+            done.release()
 
     def close(self) -> None:
         if self._go is not None:
