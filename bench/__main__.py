@@ -336,14 +336,25 @@ stereo, LAME-tagged): {sizes}.
   runs on two threads: the wall-time target needs the second core free. On a loaded machine the
   wall-time ratio tends to the CPU-time ratio (about 1.8x). `python -m bench.copy_pair` runs this
   row alone.
-- On a loaded machine the wall-time ratios follow the CPU-time ratios. In CPU time the exact join
-  of P costs 1.3x the concat-filter command (Python 0.22 s: start-up, probing 100 parts, the
-  chunk reader and the MP3 assembler; the decoder and 4 chunk encoders about what one ffmpeg
-  pays), chunked MP3 1.06-1.12x one pass, and loudness matching adds one decode-only ebur128
-  pass per part (0.7 s of CPU per 3 min of MP3, against about 1.8 s to encode it): with no
-  spare core, the 0.7x / 0.6x / 1.1x targets cannot be met; they need idle cores.
-- The tree peak counts the engine's Python plus every ffmpeg it runs at the same moment (decoders,
-  chunk encoders, loudness measurements), so it grows with the number of cores used.
+- The median CPU column is the work a command does (user + system time of every process it ran).
+  On 2 cores a run can take no less than half its CPU time, so a ratio target below 0.5 x (the
+  engine's CPU / the baseline's wall) is out of reach whatever the engine overlaps. Where the
+  exact path's CPU goes (measured 2026-12-02 on M, 30 min of MP3): LAME 12.8 s (in this process,
+  one thread per core: `engine/lame.py`), the decoder 4.4 s (one ffmpeg; its threaded pipeline
+  spends 1.9 s of that in the kernel, about 150,000 context switches), our Python about 0.9 s (the
+  chunk reader and the frame assembler, about 10 us a frame): 17-18 s against the one ffmpeg
+  command's 18.5-19.7 s. The exact re-encodes are therefore CPU-bound at about 0.55-0.6 x on an
+  idle machine; the P row's 100 one-second parts add a serial start (Python, then the decoder
+  opening 100 inputs: about 0.16 s before both cores are busy) to about 1.3 s of CPU, against
+  1.2 s for ffmpeg's own command.
+- Loudness matching (`loudness_lufs`) measures every part before its gain is known: one extra
+  decode-only ebur128 pass per part, 0.8 s of CPU per 3 min of MP3 (0.44 s of decoding, 0.36 s of
+  ebur128 with the sample peak) against 1.75 s per 3 min for the whole exact re-encode, so about
+  +40 % of CPU and about 1.3 x the wall time when the encode already fills the cores. 1.1 x would
+  need the measurement under 0.2 s per 3 min: less than decoding the MP3 costs.
+- The tree peak counts the engine's Python (its chunk buffers: at most 32 MB of PCM read ahead)
+  plus every ffmpeg it runs at the same moment (the decoder, loudness measurements), so it grows
+  with the number of cores used.
 
 `BENCH_QUICK=1 make bench` runs fewer rounds on shorter sets (M = 5 x 1 min, L = 3 x 5 min) and
 writes nothing here; `python -m bench --profile tiny` is the smoke test's size.
