@@ -52,7 +52,7 @@ POST_ROLL_FRAMES = 4
 # 48 kHz stereo float is 7.7 MB); each costs its pre- and post-roll frames (0.3 s of audio at
 # 44.1 kHz: 1.5 % of a 20 s chunk).
 # PCM the reader may hold ahead of the encoders (see held_chunks).
-BUFFER_BYTES = 32 << 20
+BUFFER_BYTES = 16 << 20
 MIN_CHUNK_S = 5.0
 MIN_ROUNDS = 4
 MAX_CHUNK_S = 20.0
