@@ -32,12 +32,23 @@ _SYMBOLS = ("lame_init", "lame_set_num_channels", "lame_set_in_samplerate", "lam
             "lame_encode_flush", "lame_close")
 
 
+_load = threading.Lock()
+
+
 def library() -> ctypes.CDLL | None:
-    """libmp3lame, or None when this environment has no usable one (then MP3 is single-pass)."""
+    """libmp3lame, or None when this environment has no usable one (then MP3 is single-pass).
+    Loaded once; jobs starting together in threads wait for the one load."""
     global _lib, _loaded
     if _loaded:
         return _lib
-    _loaded = True
+    with _load:
+        if not _loaded:
+            _lib = _open()
+            _loaded = True
+    return _lib
+
+
+def _open() -> ctypes.CDLL | None:
     try:
         spec = importlib.util.find_spec("lameenc")
         if spec is None or not spec.origin:
@@ -56,7 +67,6 @@ def library() -> ctypes.CDLL | None:
     lib.lame_encode_buffer_ieee_float.argtypes = [ctypes.c_void_p, f32p, f32p, ctypes.c_int,
                                                   ctypes.c_void_p, ctypes.c_int]
     lib.lame_encode_flush.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    _lib = lib
     return lib
 
 

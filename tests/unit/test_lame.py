@@ -97,3 +97,28 @@ def test_chunked_encode_needs_no_ffmpeg(tmp_path, monkeypatch):
     data = (tmp_path / "a.mp3").read_bytes()
     hs = headers(data)
     assert len(hs) * 576 == r.delay + r.samples + r.padding + 576  # + the Info frame
+
+
+def test_threads_asking_at_once_all_get_the_library(monkeypatch):
+    """The first load is done once, under a lock: no thread sees "not available" meanwhile."""
+    import threading
+    import time
+
+    real = lame._open
+    calls = []
+
+    def slow_open():
+        calls.append(1)
+        time.sleep(0.05)
+        return real()
+
+    monkeypatch.setattr(lame, "_loaded", False)
+    monkeypatch.setattr(lame, "_lib", None)
+    monkeypatch.setattr(lame, "_open", slow_open)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(lame.library())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 4 and all(g is not None for g in got)
