@@ -360,7 +360,8 @@ stereo, LAME-tagged): {sizes}.
   ebur128 with the sample peak) against 1.75 s per 3 min for the whole exact re-encode, so about
   +40 % of CPU and about 1.3 x the wall time when the encode already fills the cores. 1.1 x would
   need the measurement under 0.2 s per 3 min: less than decoding the MP3 costs.
-- The tree peak counts the engine's Python (its chunk buffers: at most 16 MB of PCM read ahead)
+- The tree peak counts the engine's Python (its chunk buffers: one chunk more than the encoders,
+  or up to 16 MB of PCM read ahead where that is more: about 20 MB for 20 s chunks on 2 cores)
   plus every ffmpeg it runs at the same moment (the decoder, loudness measurements), so it grows
   with the number of cores used.
 

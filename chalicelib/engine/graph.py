@@ -110,7 +110,7 @@ def graph_command(segments: list[Segment], layout: Layout) -> list[str]:
     # wake-ups on the pipe (about a third of the decoder's system time at 44.1 kHz).
     post.append(f"asetnsamples=n={OUT_FRAME}:p=0")
     chains.append(f"[{joined}]{','.join(post)}[out]")
-    return cmd + ["-filter_threads", "1", "-filter_complex", ";".join(chains), "-map", "[out]",
+    return cmd + ["-filter_complex_threads", "1", "-filter_complex", ";".join(chains), "-map", "[out]",
                   *layout.pcm_args(), "pipe:1"]
 
 

@@ -1,7 +1,7 @@
 """LAME in this process: the chunk encoder of the parallel MP3 path.
 
 The library is the libmp3lame 3.100 that the ``lameenc`` wheel links statically and exports
-(manylinux2014, so it loads on Lambda's glibc 2.26). It is driven through ctypes rather than
+(manylinux2014: glibc 2.17 or later, so it loads on both Lambda's Amazon Linux 2 and AL2023). It is driven through ctypes rather than
 lameenc's own ``Encoder``: that one takes 16-bit PCM only and forces plain stereo above 128 kbps,
 where ffmpeg (the single-pass encoder) uses joint stereo. Here every setting is ffmpeg's
 libmp3lame wrapper's: CBR at the given bitrate, joint stereo (mono for one channel), the output at
@@ -23,7 +23,8 @@ from ..errors import StitchError
 _JOINT_STEREO, _MONO = 1, 3
 _lib: ctypes.CDLL | None = None
 _loaded = False
-# LAME fills some shared tables the first time an encoder is set up: set-ups take turns.
+# LAME's set-up (lame_init_params) fills some process-wide lookup tables, with the same values
+# every time, while other threads may be encoding with them: set-ups at least take turns.
 _setup = threading.Lock()
 _SYMBOLS = ("lame_init", "lame_set_num_channels", "lame_set_in_samplerate", "lame_set_out_samplerate",
             "lame_set_mode", "lame_set_brate", "lame_set_bWriteVbrTag", "lame_set_disable_reservoir",

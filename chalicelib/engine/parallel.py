@@ -174,7 +174,9 @@ def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None
         total_s = job.total / job.rate
         count = workers * max(MIN_ROUNDS, math.ceil(total_s / workers / MAX_CHUNK_S))
         if total_s / count < MIN_CHUNK_S:
-            count = max(1, int(total_s // MIN_CHUNK_S))  # fewer chunks, still alike
+            count = max(1, int(total_s // MIN_CHUNK_S))  # fewer chunks, still alike,
+            if count >= workers:
+                count -= count % workers  # and whole rounds where there are enough
         seconds = total_s / count
     else:
         seconds = DEFAULT_CHUNK_S
@@ -330,6 +332,7 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
                 carry = bytes(buf[-(pre + post) * sb:])
             c.future = pool.submit(_encode_chunk, c, job)
             chunks.put(c)
+            buf = c = None  # the chunk's PCM is freed once encoded, not when the next one is read
             count += 1
             held = max(held, count - assembler.joined)
             if eof:
@@ -365,9 +368,11 @@ ENCODER_NICENESS = 5
 
 
 def _nicer() -> None:
-    """Lower this thread's priority (Linux: a thread's own nice value), once per pool thread."""
+    """Lower this thread's priority by ENCODER_NICENESS (Linux: a thread has its own nice value),
+    once per pool thread."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICENESS)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + ENCODER_NICENESS))
 
 
 def _encode_chunk(c: _Chunk, job: _Job) -> bytes:
@@ -381,6 +386,17 @@ def _encode_chunk(c: _Chunk, job: _Job) -> bytes:
         enc.close()
     c.delay = enc.delay
     return data
+
+
+def _own_words(exc: BaseException) -> StitchError:
+    """Our message for a failure while joining: the reason, never a path or a traceback (those
+    go to the log)."""
+    import logging
+
+    logging.getLogger(__name__).warning("joining the mp3 chunks failed: %r", exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return StitchError(f"cannot write the mp3 output: {exc.strerror}")
+    return StitchError(f"cannot join the encoded chunks ({type(exc).__name__})")
 
 
 class _Assembler:
@@ -417,8 +433,7 @@ class _Assembler:
         try:
             self._run(chunks)
         except BaseException as exc:  # handed to the reading thread by check()
-            self._error = exc if isinstance(exc, StitchError) else StitchError(
-                f"cannot join the encoded chunks: {exc}")
+            self._error = exc if isinstance(exc, StitchError) else _own_words(exc)
             self._drain(chunks)
 
     def _drain(self, chunks: queue.SimpleQueue) -> None:

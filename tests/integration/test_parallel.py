@@ -540,3 +540,34 @@ def test_unknown_format_or_layout_is_refused(tmp_path):
         parallel.encode_pcm(io.BytesIO(b""), tmp_path / "a", fmt="aiff", rate=44100, channels=2)
     with pytest.raises(StitchError):
         parallel.encode_pcm(io.BytesIO(b""), tmp_path / "a", fmt="mp3", rate=44100, channels=6)
+
+
+def test_a_write_failure_while_joining_names_the_reason_not_the_path(tmp_path, monkeypatch):
+    """ENOSPC in the assembler: "No space left on device", without the temp file's path."""
+    import errno
+
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "secret.part"))
+
+        def close(self):
+            self._f.close()
+
+    def opening(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        return Full(f) if str(path).endswith(".part") and "w" in mode else f
+
+    monkeypatch.setattr("builtins.open", opening)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StitchError) as e:
+        encode(speech(12, 8000, 1), out / "a.mp3", 8000, workers=2, chunk_s=2.0)
+    assert e.value.message == "cannot write the mp3 output: No space left on device"
+    assert "secret" not in e.value.message
+    monkeypatch.undo()
+    assert _leftovers(out) == []
