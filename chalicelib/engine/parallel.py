@@ -189,18 +189,6 @@ def held_chunks(workers: int, chunk_bytes: int) -> int:
     return max(workers + 1, BUFFER_BYTES // max(chunk_bytes, 1))
 
 
-def _read_samples(pcm: BinaryIO, job: _Job, carry: bytes) -> tuple[bytes, bytes] | None:
-    """The next whole samples (maybe none: a pipe may return a few bytes) and the bytes of a sample
-    cut in half, kept for the next call; None at EOF."""
-    data = pcm.read(_READ_BYTES)
-    if not data:
-        return None
-    if carry:
-        data = carry + data
-    cut = len(data) % job.sample_bytes
-    return (data[:len(data) - cut], data[len(data) - cut:]) if cut else (data, b"")
-
-
 def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     """One ffmpeg reading the PCM from its stdin: the encode path's command, fed by us."""
     cmd = job.input_args("pipe:0") + encoder_args(job.fmt, job.rate, job.channels, job.bitrate)
@@ -210,15 +198,17 @@ def _encode_single(pcm: BinaryIO, tmp: Path, job: _Job) -> Encoded:
     with tempfile.TemporaryFile() as err:
         proc = children.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            carry = b""
-            while (got := _read_samples(pcm, job, carry)) is not None:
-                block, carry = got
+            source, view = _Source(pcm, job), memoryview(bytearray(_READ_BYTES))  # whole samples
+            while True:
+                got = source.fill(view, lambda: None, consumed)
+                got -= got % job.sample_bytes  # a sample cut in half at the end is not a sample
                 try:
-                    proc.stdin.write(block)
+                    proc.stdin.write(view[:got])
                 except BrokenPipeError:
                     break  # the encoder stopped: its exit status says why
-                consumed += len(block) // job.sample_bytes
-                job.report(consumed)
+                consumed += got // job.sample_bytes
+                if got < len(view):
+                    break  # EOF
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
             code = proc.wait()
@@ -248,10 +238,8 @@ def _mp3_tag_delay_padding(path: Path) -> tuple[int, int]:
 
 @dataclass
 class _Chunk:
-    index: int
-    first: int  # global sample where this chunk's PCM starts (its pre-roll included)
-    main: int  # global sample where the samples it owns start
-    pcm: bytearray | None  # its interleaved f32 PCM, dropped once encoded
+    index: int  # it owns the global samples from index * chunk on
+    pcm: bytearray | None  # its interleaved f32 PCM from its pre-roll on, dropped once encoded
     last: bool = False
     delay: int = 0  # the encoder delay of its stream
     future: Future | None = field(default=None, repr=False)
@@ -327,7 +315,7 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
             if k == 0 and consumed == 0:
                 slots.release()
                 break
-            c = _Chunk(k, first, k * chunk, buf, last=eof)
+            c = _Chunk(k, buf, last=eof)
             if not eof:
                 carry = bytes(buf[-(pre + post) * sb:])
             c.future = pool.submit(_encode_chunk, c, job)
