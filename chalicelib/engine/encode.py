@@ -14,6 +14,7 @@ from typing import BinaryIO
 from ..errors import StitchError
 from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import SAMPLE_RATES, Options
+from . import parallel
 from .graph import Layout
 from .probe import AudioInfo
 
@@ -67,22 +68,12 @@ def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str
                           *_encoder_args(options, layout.rate, layout.channels, out_path))
 
 
-def _parallel():
-    """``engine.parallel`` if this build has it (it encodes chunks on every core)."""
-    try:
-        from . import parallel
-    except ImportError:
-        return None
-    return parallel
-
-
 def encode(pcm: BinaryIO, out_path: str, options: Options, layout: Layout, total_samples: int,
            progress: Callable[[float], None] | None) -> None:
     """Encode the PCM read from ``pcm`` until EOF into ``out_path``."""
-    par = _parallel()
-    if par is not None and options.format in par.parallel_formats():
-        par.encode_pcm(pcm, out_path, fmt=options.format, rate=layout.rate, channels=layout.channels,
-                       bitrate=bitrate(options, layout), progress=progress, total_samples=total_samples)
+    if options.format in parallel.parallel_formats():
+        parallel.encode_pcm(pcm, out_path, fmt=options.format, rate=layout.rate, channels=layout.channels,
+                            bitrate=bitrate(options, layout), progress=progress, total_samples=total_samples)
         return
     run_ffmpeg(encoder_command(options, layout, out_path), total_samples / layout.rate, progress, stdin=pcm)
 

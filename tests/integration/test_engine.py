@@ -345,12 +345,12 @@ def test_failed_loudness_measurement_kills_the_others(clips, tmp_path, streamed)
 def test_streamed_encoder_failure_is_not_blamed_on_a_part(clips, tmp_path, monkeypatch):
     """The loudness path's encoder reads raw PCM: its failure is reported as is, without
     decoding every part again to find one to blame."""
-    from chalicelib.engine import encode
+    from chalicelib.engine import encode, parallel
     from chalicelib.errors import StitchError
 
     real = encode.encoder_command
     monkeypatch.setattr(encode, "encoder_command", lambda *a: [*real(*a)[:-1], "-no-such-option", "x"])
-    monkeypatch.setattr(encode, "_parallel", lambda: None)
+    monkeypatch.setattr(parallel, "parallel_formats", frozenset)  # the one-ffmpeg encoder
     monkeypatch.setattr(encode, "decodes", lambda info: pytest.fail("a part was decoded to blame it"))
     with pytest.raises(StitchError) as exc:
         stitch([PartInput(clips["quiet"]), PartInput(clips["loud"])], tmp_path / "o.mp3",
