@@ -71,29 +71,28 @@ def _pss_proc(pid: int) -> int:
     return _rss_proc(pid)  # no smaps_rollup (kernel < 4.14), or it exited: its RSS, or 0
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant, through /proc."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children_proc(p)
+    return pids
+
+
 def tree_memory(pid: int) -> tuple[int, int]:
     """(PSS, RSS) in bytes of ``pid`` and all its descendants, now."""
-    if _proc_children_supported():
-        pss = rss = 0
-        todo = [pid]
-        while todo:
-            p = todo.pop()
-            rss += _rss_proc(p)
-            pss += _pss_proc(p)
-            todo += _children_proc(p)
-        return pss, rss
-    return (tree_rss(pid),) * 2
+    if not _proc_children_supported():
+        return (tree_rss(pid),) * 2
+    pids = _tree(pid)
+    return sum(map(_pss_proc, pids)), sum(map(_rss_proc, pids))
 
 
 def tree_rss(pid: int) -> int:
     """Bytes resident in ``pid`` and all its descendants, now (the RSS sum)."""
     if _proc_children_supported():
-        total, todo = 0, [pid]
-        while todo:
-            p = todo.pop()
-            total += _rss_proc(p)
-            todo += _children_proc(p)
-        return total
+        return sum(map(_rss_proc, _tree(pid)))
     import psutil  # only where /proc cannot list children
 
     try:
