@@ -13,7 +13,7 @@ help:
 	@echo "make test   - install into .venv, then run every test"
 	@echo "make bench  - engine benchmark (writes docs/performance.md)"
 	@echo "make lint   - ruff"
-	@echo "make vendor - vendor/bin/ffmpeg (static) and build/layers/deno-layer.zip for Lambda"
+	@echo "make vendor - vendor/bin/ffmpeg (static), vendor/lib/libsndfile and build/layers/deno-layer.zip for Lambda"
 	@echo "make check  - offline deploy checks (chalice package; cfn-lint, parliament, checkov, zizmor, actionlint; zip, layer and size limits)"
 	@echo "make package STAGE=prod / make deploy STAGE=prod"
 
@@ -72,4 +72,4 @@ check: vendor $(CHECKOV_STAMP)
 	$(PY) scripts/deploy.py check --stage prod --out build/check
 
 clean:
-	rm -rf $(VENV) build vendor/bin .pytest_cache
+	rm -rf $(VENV) build vendor/bin vendor/lib .pytest_cache

@@ -271,6 +271,9 @@ def check_zip(zip_path: Path) -> list[str]:
                     vendor_ffmpeg.verify(exe)
                 except SystemExit as exc:
                     problems.append(f"zip: bin/ffmpeg: {str(exc).removeprefix('vendor: ')}")
+        sndfile = infos.get("lib/libsndfile_x86_64.so")
+        if sndfile is None:
+            problems.append("zip: lib/libsndfile_x86_64.so missing (run `make vendor`)")
         dists = _dist_infos(list(infos))
         for dist, version in runtime_requirements().items():
             if dist not in dists:
@@ -317,6 +320,11 @@ try:  # the parallel MP3 encoder: LAME from the zip's lameenc, loaded as the wor
     out["lame"] = getattr(lame.library(), "_name", None)
 except Exception as exc:
     out["lame"] = repr(exc)
+try:  # the in-process MP3 decoder: the zip's lib/libsndfile
+    from chalicelib.engine import sndfile
+    out["sndfile"] = getattr(sndfile.library(), "_name", None)
+except Exception as exc:
+    out["sndfile"] = repr(exc)
 print(json.dumps(out))
 """
 
@@ -387,6 +395,8 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
         lame_so = [n for n in names if n.startswith("lameenc.") and n.endswith(".so")]
         if lame_so and "lameenc" not in skipped and result["lame"] != str(task / lame_so[0]):
             problems.append(f"lambda imports: LAME loads from {result['lame']}, not the package's {lame_so[0]}")
+        if "lib/libsndfile_x86_64.so" in names and result["sndfile"] != str(task / "lib" / "libsndfile_x86_64.so"):
+            problems.append(f"lambda imports: libsndfile loads from {result['sndfile']}, not the package's lib/")
     return problems
 
 

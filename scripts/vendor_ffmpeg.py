@@ -1,4 +1,5 @@
-"""`make vendor`: put a static Linux x86_64 ffmpeg at vendor/bin/ffmpeg (mode 0755) for Lambda.
+"""`make vendor`: put a static Linux x86_64 ffmpeg at vendor/bin/ffmpeg (mode 0755) for Lambda, and
+libsndfile (the in-process MP3 decoder, from the soundfile wheel) at vendor/lib/.
 
 Chalice copies vendor/ to the root of the deployment zip, so Lambda sees /var/task/bin/ffmpeg,
 which chalicelib.ffmpeg looks for first. The binary comes from the imageio-ffmpeg manylinux2014
@@ -104,33 +105,83 @@ def verify(path: Path) -> str:
     return proc.stdout.splitlines()[0]
 
 
-def vendor(dest: Path = DEST, *, from_wheel: bool = False) -> Path:
-    """Place the binary at ``dest`` (atomically) unless an identical copy is there.
-
-    ``from_wheel`` skips the installed package and uses the manylinux wheel (what a macOS host does).
-    """
-    source = (None if from_wheel else _installed_binary()) or _binary_from_wheel(pinned_version())
+def _place(source: Path, dest: Path, mode: int) -> None:
+    """Copy ``source`` to ``dest`` (atomically, with ``mode``) unless an identical copy is there."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and dest.stat().st_size == source.stat().st_size and _sha256(dest) == _sha256(source):
         print(f"vendor: {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} is up to date")
     else:
         # Copy beside the destination and rename, so an interrupted copy never looks complete.
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".ffmpeg.")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
             with os.fdopen(fd, "wb") as dst, open(source, "rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, mode)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         print(f"vendor: copied {source} -> {dest}")
     # A checkout or unzip that lost the mode bits is repaired too.
-    os.chmod(dest, 0o755)
+    os.chmod(dest, mode)
+
+
+def vendor(dest: Path = DEST, *, from_wheel: bool = False) -> Path:
+    """Place the binary at ``dest`` (atomically) unless an identical copy is there.
+
+    ``from_wheel`` skips the installed package and uses the manylinux wheel (what a macOS host does).
+    """
+    source = (None if from_wheel else _installed_binary()) or _binary_from_wheel(pinned_version())
+    _place(source, dest, 0o755)
     if can_run_here():
         print(f"vendor: {verify(dest)}")
     else:
         print(f"vendor: not an x86_64 Linux host, skipped running {dest.name} -version")
+    return dest
+
+
+# libsndfile (MPEG audio through mpg123), the exact path's in-process decoder: the soundfile
+# wheel's copy, at vendor/lib/ (Lambda: /var/task/lib/, where chalicelib.engine.sndfile looks).
+SNDFILE = "libsndfile_x86_64.so"
+SNDFILE_DEST = ROOT / "vendor" / "lib" / SNDFILE
+
+
+def _installed_sndfile() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("_soundfile_data")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / SNDFILE
+        if candidate.is_file() and is_linux_x86_64(candidate):
+            return candidate
+    return None
+
+
+def _sndfile_from_wheel() -> Path:
+    m = re.search(r"^soundfile==(\S+)$", (ROOT / "requirements-lock.txt").read_text(), re.M)
+    if not m:
+        raise SystemExit("vendor: soundfile is not pinned in requirements-lock.txt")
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    pattern = f"soundfile-{m.group(1)}-*manylinux*x86_64*.whl"
+    if not sorted(WHEEL_CACHE.glob(pattern)):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux_2_28_x86_64", "-d", str(WHEEL_CACHE), f"soundfile=={m.group(1)}"],
+                       check=True)
+    wheels = sorted(WHEEL_CACHE.glob(pattern))
+    if not wheels:
+        raise SystemExit(f"vendor: no manylinux x86_64 wheel of soundfile {m.group(1)} found")
+    out = WHEEL_CACHE / SNDFILE
+    with zipfile.ZipFile(wheels[0]) as zf:
+        part = out.with_name(out.name + ".part")
+        with zf.open(f"_soundfile_data/{SNDFILE}") as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(part, out)
+    return out
+
+
+def vendor_sndfile(dest: Path = SNDFILE_DEST, *, from_wheel: bool = False) -> Path:
+    source = (None if from_wheel else _installed_sndfile()) or _sndfile_from_wheel()
+    _place(source, dest, 0o644)
     return dest
 
 
@@ -141,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="take ffmpeg from the pinned manylinux wheel (downloaded once into build/wheels)")
     args = parser.parse_args(argv)
     vendor(args.dest, from_wheel=args.from_wheel)
+    vendor_sndfile(from_wheel=args.from_wheel)
     return 0
 
 

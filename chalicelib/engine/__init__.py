@@ -178,7 +178,7 @@ def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
 
 def _exact(infos, parts, output: Path, options: Options, progress) -> Result:
     # Imported here: a copy join never needs the decoder's or encoder's machinery.
-    from . import encode, graph, loudness
+    from . import encode, graph, loudness, native
 
     segments = _segments(infos, parts)
     _check_options(segments, options)
@@ -190,7 +190,11 @@ def _exact(infos, parts, output: Path, options: Options, progress) -> Result:
         source = graph.streamed_pcm(segments, layout, options.loudness_lufs, ceiling)
     else:
         segments = loudness.leveled(segments, options.loudness_lufs, ceiling)
-        source = graph.graph_pcm(segments, layout)
+        if native.applies(options, segments, layout):
+            # A plain join of MP3s: decoded in this process, no ffmpeg at all.
+            source = native.native_pcm(segments, layout)
+        else:
+            source = graph.graph_pcm(segments, layout)
     total = layout.total(segments)
     with _temp_beside(output) as tmp:
         try:

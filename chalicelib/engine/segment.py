@@ -34,8 +34,9 @@ class Segment:
         """Samples this part contributes at ``rate``: its gapless length, to the sample."""
         return round(self.duration_s * rate)
 
-    def _decodes_as(self, rate: int, channels: int) -> bool:
-        """True when ffmpeg alone decodes this part to exactly its samples at ``rate``/``channels``."""
+    def plain(self, rate: int, channels: int) -> bool:
+        """True when this part needs no filter: a decoder alone gives exactly its samples at
+        ``rate``/``channels`` (whole, no gain, the output's layout, a gapless-exact codec)."""
         info = self.info
         head = info.mp3_head
         return (not self.gain_db and not self.start_s and not self.cut_end and not info.lead_in
@@ -66,7 +67,7 @@ class Segment:
         samples) and a gap of zeros after it."""
         layout = "mono" if channels == 1 else "stereo"
         out = []
-        if self._decodes_as(rate, channels):
+        if self.plain(rate, channels):
             out += fades(self.samples(rate), fade_in, fade_out)
             return out + ([f"apad=pad_len={gap_samples}"] if gap_samples else [])
         if self.info.lead_in and not self.start_s:

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def packaged(tmp_path_factory):
     vendor_ffmpeg.vendor()
+    vendor_ffmpeg.vendor_sndfile()
     deno_layer.build()
     out = tmp_path_factory.mktemp("package")
     template = deploy.package(STAGE, out)
@@ -134,7 +135,7 @@ def test_zip_has_runnable_ffmpeg_and_every_dependency(packaged):
     assert deploy.check_zip(zip_path) == []
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
-    assert {"app.py", "chalicelib/service.py", "chalicelib/ffmpeg.py", "bin/ffmpeg"} <= names
+    assert {"app.py", "chalicelib/service.py", "chalicelib/ffmpeg.py", "bin/ffmpeg", "lib/libsndfile_x86_64.so"} <= names
     # Tests, scripts, dev tooling and the virtualenv stay out of the Lambda package: the zip holds
     # only what Lambda runs (the CLI, the local stack and the provisioning code live outside chalicelib/).
     assert not any(n.startswith(("tests/", "scripts/", ".venv/", "vendor/", "devstack/", "infra/", "audio_stitch/"))
@@ -192,6 +193,7 @@ def test_zip_check_reports_a_broken_package(tmp_path):
     assert "does not run" in problems or "-version failed" in problems
     assert "dependency yt_dlp" in problems and "mutagen is 1.0" in problems
     assert "was built here" in problems
+    assert "lib/libsndfile_x86_64.so missing (run `make vendor`)" in problems
 
 
 _DUPLICATE_FFMPEG = "imageio-ffmpeg" in (ROOT / "requirements.txt").read_text()
@@ -217,6 +219,20 @@ def test_vendor_is_idempotent_and_executable(tmp_path):
     assert dest.stat().st_mtime_ns == first  # not copied again
     assert vendor_ffmpeg.is_linux_x86_64(dest)
     assert vendor_ffmpeg.verify(dest).startswith("ffmpeg version")
+
+
+def test_vendored_libsndfile_is_the_soundfile_wheels_and_loads(tmp_path):
+    """From the pinned manylinux wheel (what a macOS host does) it is the installed copy, and the
+    engine loads it from vendor/lib."""
+    dest = vendor_ffmpeg.vendor_sndfile(tmp_path / "lib" / vendor_ffmpeg.SNDFILE, from_wheel=True)
+    installed = vendor_ffmpeg._installed_sndfile()
+    assert installed is not None and dest.read_bytes() == installed.read_bytes()
+    assert vendor_ffmpeg.is_linux_x86_64(dest)
+    vendor_ffmpeg.vendor_sndfile()
+    from chalicelib.engine import sndfile
+
+    assert sndfile.CANDIDATES[0] == vendor_ffmpeg.SNDFILE_DEST
+    assert sndfile._open_library()._name == str(vendor_ffmpeg.SNDFILE_DEST)
 
 
 def test_an_interrupted_wheel_extraction_is_not_taken_for_the_binary(tmp_path, monkeypatch):
