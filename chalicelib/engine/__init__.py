@@ -185,16 +185,15 @@ def _exact(infos, parts, output: Path, options: Options, progress) -> Result:
     rate, channels = encode.output_rate(options, infos), encode.output_channels(options, infos)
     layout = graph.Layout.of(options, rate, channels, len(segments))
     ceiling = loudness.CEILING_DBTP["lossless" if options.output_format.lossless else "lossy"]
-    if graph.streams_parts(options, segments, layout):
-        # Each part starts once its own level is known: measuring overlaps encoding.
+    if native.applies(options, segments, layout):
+        # MP3s used whole: decoded in this process; only gains and fades need an ffmpeg. Each
+        # part starts once its own level is known: measuring overlaps encoding.
+        source = native.native_pcm(segments, layout, options.loudness_lufs, ceiling)
+    elif graph.streams_parts(options, segments, layout):
         source = graph.streamed_pcm(segments, layout, options.loudness_lufs, ceiling)
     else:
         segments = loudness.leveled(segments, options.loudness_lufs, ceiling)
-        if native.applies(options, segments, layout):
-            # A plain join of MP3s: decoded in this process, no ffmpeg at all.
-            source = native.native_pcm(segments, layout)
-        else:
-            source = graph.graph_pcm(segments, layout)
+        source = graph.graph_pcm(segments, layout)
     total = layout.total(segments)
     with _temp_beside(output) as tmp:
         try:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,19 +72,35 @@ def final_gain(segment: Segment, lufs: float, target_lufs: float | None) -> floa
 
 
 def _ebur128(segment: Segment, children: Children | None, peak: str) -> tuple[float, float]:
-    """One decode-only ebur128 pass: (LUFS, the ``peak`` = "true" or "sample" peak in dB)."""
+    """One ebur128 pass: (LUFS, the ``peak`` = "true" or "sample" peak in dB). An MP3 used whole
+    is decoded in this process (a third of ffmpeg's decoding CPU) and fed to ffmpeg's stdin."""
+    from . import native  # native imports this module
+
     info = segment.info
+    source = native.reader(segment, info.sample_rate, info.channels) if native.measurable(segment) else None
+    if source is not None:
+        inputs = native.pcm_input(info.sample_rate, info.channels)
+    else:
+        inputs = ["-vn", "-sn", "-dn", *segment.input_args(slack_s=0.0), "-map", "0:a:0"]
     # framelog=verbose prints the summary at info level; the per-frame log goes to verbose only.
-    cmd = ffmpeg_command("-vn", "-sn", "-dn", *segment.input_args(slack_s=0.0), "-map", "0:a:0",
-                         "-af", f"ebur128=framelog=verbose:metadata=0:peak={peak}", "-f", "null", "-",
+    cmd = ffmpeg_command(*inputs, "-af", f"ebur128=framelog=verbose:metadata=0:peak={peak}", "-f", "null", "-",
                          loglevel="info")
-    proc = (children or Children()).popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          stdin=subprocess.DEVNULL, text=True, errors="replace")
-    with contextlib.suppress(OSError):
-        # Measuring only has to stay ahead of the encoder, which is the critical path: on a
-        # busy machine the encoder gets the CPU first.
-        os.setpriority(os.PRIO_PROCESS, proc.pid, MEASURE_NICENESS)
-    _, stderr = proc.communicate()
+    # stderr to a file: ffmpeg never blocks on it while this thread feeds its stdin.
+    with tempfile.TemporaryFile() as err:
+        proc = (children or Children()).popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                              stdin=subprocess.PIPE if source else subprocess.DEVNULL)
+        with contextlib.suppress(OSError):
+            # Measuring only has to stay ahead of the encoder, which is the critical path: on a
+            # busy machine the encoder gets the CPU first.
+            os.setpriority(os.PRIO_PROCESS, proc.pid, MEASURE_NICENESS)
+        if source is not None:
+            try:
+                native.feed(source, proc.stdin)
+            finally:
+                source.close()
+        proc.wait()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
     lufs, peak = _INTEGRATED.search(stderr), (_PEAK if peak == "true" else _SAMPLE_PEAK).search(stderr)
     if proc.returncode != 0 or not lufs or not peak:
         raise UnsupportedAudio(f"{info.label}: cannot be decoded to measure loudness", part=info.index)

@@ -1,12 +1,15 @@
-"""The decode side of an exact join without an ffmpeg process, where one is not needed.
+"""The decode side of an exact join without an ffmpeg decoder, where one is not needed.
 
-A plain join (every part an MP3 the probe knows exactly, used whole, at the output's rate and
-layout, with no gain, crossfade, fade or loudness match: IVR prompts, a podcast's segments, an
-audiobook's chapters) needs no filter at all: the output is the parts' gapless samples one after
-the other, with gaps of zeros. ``native_pcm`` decodes them in this process with libsndfile
-(engine.sndfile), straight into the chunk encoder's buffers, and is read like the decode graph's
-pipe. A part libsndfile does not see as the probe does (another length) is decoded by an ffmpeg
-of its own instead, so the output is the same either way.
+A join of MP3s used whole, at the output's rate and layout, without crossfades (IVR prompts, a
+podcast's segments, an audiobook's chapters) needs no decoder process: ``native_pcm`` decodes
+the parts in this process with libsndfile (engine.sndfile), straight into the chunk encoder's
+buffers, and is read like the decode graph's pipe. A part with no gain and no fade needs no
+filter at all: its gapless samples go out as they are, then its gap of zeros. A part with a gain
+(its own, or a loudness match) or a fade goes through an ffmpeg that filters the PCM decoded here
+(volume, afade: the graph's own filters, so the output is the same). Loudness is measured in
+parallel, each part from PCM decoded here too (``feed``), and a part starts once its own level is
+known, as in the streamed graph. A part libsndfile does not see as the probe does (another
+length) is decoded by an ffmpeg of its own instead, so the output is the same either way.
 """
 from __future__ import annotations
 
@@ -14,14 +17,18 @@ import contextlib
 import ctypes
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 from ..errors import UnsupportedAudio
 from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import Options
 from . import parallel, sndfile
 from .graph import OUT_FRAME, Layout, Pcm
-from .segment import Segment
+from .loudness import apply_level, measuring, needs_level
+from .segment import Segment, fades
+
+FEED_FRAMES = 32768  # sample frames per write into a filtering or measuring ffmpeg
 
 
 def _log():
@@ -31,34 +38,96 @@ def _log():
 
 
 def applies(options: Options, segments: list[Segment], layout: Layout) -> bool:
-    """True when the join is plain (see the module) and both libraries are here: libsndfile to
-    decode, and LAME to encode from this process (other encoders read a pipe from ffmpeg)."""
-    if options.loudness_lufs is not None or layout.crossfade or layout.fade_in or layout.fade_out:
+    """True when every part is an MP3 used whole (see the module), parts do not overlap, fades
+    stay within the first and last part, and both libraries are here: libsndfile to decode, and
+    LAME to encode from this process (other encoders read a pipe from ffmpeg)."""
+    if layout.crossfade or options.format not in parallel.parallel_formats():
         return False
-    if options.format not in parallel.parallel_formats():
+    if layout.fade_in > segments[0].samples(layout.rate) or layout.fade_out > segments[-1].samples(layout.rate):
         return False
-    if not all(s.info.codec == "mp3" and s.plain(layout.rate, layout.channels) for s in segments):
+    if not all(s.info.codec == "mp3" and s.whole(layout.rate, layout.channels) for s in segments):
         return False
     return sndfile.library() is not None
 
 
 @contextlib.contextmanager
-def native_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
-    stream = _Stream(segments, layout)
+def native_pcm(segments: list[Segment], layout: Layout, target_lufs: float | None = None,
+               ceiling_dbtp: float = 0.0) -> Iterator[Pcm]:
+    """The parts' PCM; the parts whose level is needed (``loudness.needs_level``) are measured
+    in parallel meanwhile, and ``Pcm.segments`` fills with the parts as finally leveled."""
+    measured = [s for s in segments if needs_level(s, target_lufs)]
+    with measuring(measured, target_lufs, ceiling_dbtp) as futures:
+        level_of = dict(zip(map(id, measured), futures, strict=True))
+
+        def leveled(s: Segment) -> Segment:
+            f = level_of.get(id(s))
+            return apply_level(s, f.result() if f else None, target_lufs, ceiling_dbtp)
+
+        pcm = Pcm(None)  # type: ignore[arg-type]  # the stream follows: it fills pcm.segments
+        stream = pcm.stream = _Stream(segments, layout, leveled, pcm.segments)
+        try:
+            yield pcm
+        finally:
+            stream.close()
+
+
+def reader(segment: Segment, rate: int, channels: int) -> sndfile.Mp3Reader | None:
+    """libsndfile open on the part's source, if it sees exactly the samples the probe does at
+    ``rate``/``channels`` (the caller checked that the part is an MP3 used whole); else None."""
     try:
-        yield Pcm(stream, list(segments))
+        r = sndfile.Mp3Reader(segment.info.path)
+    except OSError as exc:
+        _log().info("%s: decoded by ffmpeg (%s)", segment.info.label, exc)
+        return None
+    samples = segment.samples(rate)
+    if (r.frames, r.rate, r.channels) != (samples, rate, channels):
+        _log().info("%s: decoded by ffmpeg (libsndfile sees %d samples at %d Hz x %d, the probe %d)",
+                    segment.info.label, r.frames, r.rate, r.channels, samples)
+        r.close()
+        return None
+    return r
+
+
+def measurable(segment: Segment) -> bool:
+    """True when a part's level can be measured from PCM decoded here (an MP3 used whole)."""
+    info = segment.info
+    return (info.codec == "mp3" and segment.whole(info.sample_rate, info.channels)
+            and sndfile.library() is not None)
+
+
+def pcm_input(rate: int, channels: int) -> list[str]:
+    """ffmpeg's input options for the float PCM ``feed`` writes to its stdin."""
+    return ["-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-i", "pipe:0"]
+
+
+def feed(r: sndfile.Mp3Reader, sink) -> None:
+    """Every sample ``r`` decodes, as interleaved float32, written to ``sink`` (a binary file);
+    a reader that went away (BrokenPipeError) ends it quietly: the reader's exit tells why."""
+    buf = bytearray(FEED_FRAMES * 4 * r.channels)
+    target = (ctypes.c_char * len(buf)).from_buffer(buf)
+    view = memoryview(buf)
+    try:
+        while got := r.read_into(ctypes.addressof(target), FEED_FRAMES):
+            sink.write(view[:got * 4 * r.channels])
+    except BrokenPipeError:
+        pass
     finally:
-        stream.close()
+        with contextlib.suppress(OSError):
+            sink.close()  # closes the pipe even when the last flush fails
+        view.release()
+        del target
 
 
 class _Stream:
     """The parts' samples in order, gaps between them, as interleaved float32 (``readinto``)."""
 
-    def __init__(self, segments: list[Segment], layout: Layout):
-        self._layout = layout
+    def __init__(self, segments: list[Segment], layout: Layout, leveled: Callable[[Segment], Segment],
+                 opened: list[Segment]):
+        self._layout, self._leveled, self._opened = layout, leveled, opened
         self._sb = 4 * layout.channels
         last = len(segments) - 1
-        self._todo = [(s, layout.gap if i < last else 0) for i, s in enumerate(segments)]
+        self._todo = [(s, layout.gap if i < last else 0, layout.fade_in if i == 0 else 0,
+                       layout.fade_out if i == last else 0) for i, s in enumerate(segments)]
         self._todo.reverse()
         self._part: _Part | None = None
         self._left = bytearray()  # bytes of a sample frame that did not fit the caller's buffer
@@ -75,8 +144,10 @@ class _Stream:
             if self._part is None:
                 if not self._todo:
                     break
-                segment, gap = self._todo.pop()
-                self._part = _Part.open(segment, self._layout, gap)
+                segment, gap, fade_in, fade_out = self._todo.pop()
+                segment = self._leveled(segment)  # waits for its level, if it is measured
+                self._opened.append(segment)
+                self._part = _Part.open(segment, self._layout, gap, fade_in, fade_out)
             room = view[filled:]
             if len(room) < self._sb:  # less than one sample frame: decode one, keep the rest
                 one = bytearray(self._sb)
@@ -108,20 +179,23 @@ class _Part:
         self._samples, self._gap = samples, gap  # still to come
 
     @staticmethod
-    def open(segment: Segment, layout: Layout, gap: int) -> _Part:
+    def open(segment: Segment, layout: Layout, gap: int, fade_in: int = 0, fade_out: int = 0) -> _Part:
         samples = segment.samples(layout.rate)
-        sb = 4 * layout.channels
-        try:
-            reader = sndfile.Mp3Reader(segment.info.path)
-        except OSError as exc:
-            _log().info("%s: decoded by ffmpeg (%s)", segment.info.label, exc)
-            return _FfmpegPart(segment, layout, samples, gap)
-        if (reader.frames, reader.rate, reader.channels) != (samples, layout.rate, layout.channels):
-            _log().info("%s: decoded by ffmpeg (libsndfile sees %d samples at %d Hz x %d, the probe %d)",
-                        segment.info.label, reader.frames, reader.rate, reader.channels, samples)
-            reader.close()
-            return _FfmpegPart(segment, layout, samples, gap)
-        return _NativePart(segment, sb, samples, gap, reader)
+        r = reader(segment, layout.rate, layout.channels)
+        if r is None:
+            filters = segment.filters(layout.rate, layout.channels, fade_in=fade_in, fade_out=fade_out)
+            cmd = ffmpeg_command(*segment.input_args(), "-map", "0:a:0", "-filter_threads", "1",
+                                 "-af", ",".join([*filters, f"asetnsamples=n={OUT_FRAME}:p=0"]),
+                                 *layout.pcm_args(), "pipe:1")
+            return _FfmpegPart(segment, layout, samples, gap, cmd)
+        filters = [f"volume={segment.gain_db:.4f}dB"] if segment.gain_db else []
+        filters += fades(samples, fade_in, fade_out)
+        if not filters:
+            return _NativePart(segment, 4 * layout.channels, samples, gap, r)
+        # The graph's own filters on the PCM decoded here: the same samples out.
+        cmd = ffmpeg_command(*pcm_input(layout.rate, layout.channels), "-filter_threads", "1",
+                             "-af", ",".join(filters), *layout.pcm_args(), "pipe:1")
+        return _FfmpegPart(segment, layout, samples, gap, cmd, r)
 
     def read(self, view: memoryview) -> int:
         """Bytes written to ``view`` (whole sample frames, at least one if ``view`` holds one);
@@ -171,17 +245,21 @@ class _NativePart(_Part):
 
 
 class _FfmpegPart(_Part):
-    """The part through an ffmpeg of its own, with the filters that make it exact."""
+    """The part through an ffmpeg of its own (``cmd``): decoding and filtering the source, or,
+    given ``source``, filtering the PCM a thread decodes here and feeds to its stdin."""
 
-    def __init__(self, segment: Segment, layout: Layout, samples: int, gap: int):
+    def __init__(self, segment: Segment, layout: Layout, samples: int, gap: int, cmd: list[str],
+                 source: sndfile.Mp3Reader | None = None):
         super().__init__(segment, 4 * layout.channels, samples, gap)
-        filters = [*segment.filters(layout.rate, layout.channels), f"asetnsamples=n={OUT_FRAME}:p=0"]
-        cmd = ffmpeg_command(*segment.input_args(), "-map", "0:a:0", "-filter_threads", "1",
-                             "-af", ",".join(filters), *layout.pcm_args(), "pipe:1")
         self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL,
+        self._source, self._feeder = source, None
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err,
+                                      stdin=subprocess.PIPE if source else subprocess.DEVNULL,
                                       **dies_with_parent())
-        self._half = bytearray()
+        if source is not None:
+            self._feeder = threading.Thread(target=feed, args=(source, self._proc.stdin),
+                                            name="stitch-native-feed", daemon=True)
+            self._feeder.start()
 
     def _decode(self, view: memoryview, frames: int) -> int:
         want = frames * self._sb
@@ -214,4 +292,9 @@ class _FfmpegPart(_Part):
             self._proc.kill()
         self._proc.stdout.close()
         self._proc.wait()
+        if self._feeder is not None:
+            self._feeder.join()  # its next write fails once ffmpeg is gone
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+            self._source.close()
         self._err.close()

@@ -36,10 +36,15 @@ class Segment:
 
     def plain(self, rate: int, channels: int) -> bool:
         """True when this part needs no filter: a decoder alone gives exactly its samples at
-        ``rate``/``channels`` (whole, no gain, the output's layout, a gapless-exact codec)."""
+        ``rate``/``channels`` (``whole``, and no gain)."""
+        return not self.gain_db and self.whole(rate, channels)
+
+    def whole(self, rate: int, channels: int) -> bool:
+        """True when a decoder alone gives exactly this part's samples at ``rate``/``channels``,
+        gain aside: the whole source, in the output's layout, in a gapless-exact codec."""
         info = self.info
         head = info.mp3_head
-        return (not self.gain_db and not self.start_s and not self.cut_end and not info.lead_in
+        return (not self.start_s and not self.cut_end and not info.lead_in
                 and info.codec in _EXACT_DECODERS and (info.sample_rate, info.channels) == (rate, channels)
                 and not (head is not None and head.prefix_junk) and (info.codec != "mp3" or info.mp3 is not None))
 

@@ -14,8 +14,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from chalicelib.engine import PartInput, native, probe, sndfile, stitch
-from chalicelib.engine.graph import Layout, graph_pcm
+from chalicelib.engine import PartInput, loudness, native, probe, sndfile, stitch
+from chalicelib.engine.graph import Layout, graph_pcm, streamed_pcm
 from chalicelib.engine.segment import Segment
 from chalicelib.errors import UnsupportedAudio
 from chalicelib.options import Options
@@ -139,7 +139,7 @@ def test_a_part_ffmpeg_then_cannot_decode_is_named(tmp_path, monkeypatch):
     assert err.value.part == 3 and "cannot be decoded" in str(err.value)
 
 
-def test_what_is_plain(tmp_path, monkeypatch):
+def test_what_is_native(tmp_path, monkeypatch):
     path = tmp_path / "p.mp3"
     ffmpeg_mp3(path, 44100)
     s = segment_of(path)
@@ -147,15 +147,95 @@ def test_what_is_plain(tmp_path, monkeypatch):
     layout = Layout(44100, 2)
     assert native.applies(plain, [s, s], layout)
     assert native.applies(Options(join="exact", gap_ms=300), [s, s], Layout(44100, 2, gap=13230))
-    assert not native.applies(Options(join="exact", loudness_lufs=-16), [s], layout)
-    assert not native.applies(Options(join="exact", fade_in_ms=100), [s], Layout(44100, 2, fade_in=4410))
+    assert native.applies(Options(join="exact", loudness_lufs=-16), [s], layout)
+    assert native.applies(Options(join="exact", fade_in_ms=100), [s], Layout(44100, 2, fade_in=4410))
+    assert native.applies(plain, [s.with_gain(-3.0)], layout)
+    # a fade longer than the part it starts in reaches into the next: the graph's
+    assert not native.applies(Options(join="exact", fade_in_ms=1500), [s, s], Layout(44100, 2, fade_in=66150))
     assert not native.applies(Options(join="exact", crossfade_ms=100), [s, s], Layout(44100, 2, crossfade=4410))
     assert not native.applies(Options(join="exact", format="ogg"), [s], layout)
-    assert not native.applies(plain, [s.with_gain(-3.0)], layout)
+    assert not native.applies(plain, [Segment(s.info, 0.25, 0.5, 0.0)], layout)  # trimmed
     assert not native.applies(plain, [s], Layout(48000, 2))  # resampled
     assert not native.applies(plain, [s], Layout(44100, 1))  # downmixed
     monkeypatch.setattr(sndfile, "library", lambda: None)
     assert not native.applies(plain, [s], layout)
+
+
+def _mixed_parts(tmp_path):
+    """A LAME file, an ffmpeg file and an untagged one (decoded by ffmpeg, not here)."""
+    paths = [tmp_path / f"p{i}.mp3" for i in range(3)]
+    lameenc_mp3(paths[0], 2 * 44100, seed=1)
+    ffmpeg_mp3(paths[1], 30870, seed=2)
+    lameenc_mp3(paths[2], 44100, seed=3, tag=False)
+    return [segment_of(p, i) for i, p in enumerate(paths)]
+
+
+def test_gains_and_fades_give_the_graphs_pcm(tmp_path, caplog):
+    segments = _mixed_parts(tmp_path)
+    # cuts only: a boost is measured first (see the loudness tests below)
+    segments = [segments[0].with_gain(-6.0), segments[1], segments[2].with_gain(-2.5)]
+    layout = Layout(44100, 2, gap=2205, fade_in=22050, fade_out=11025)
+    with caplog.at_level(logging.INFO, logger="chalicelib.engine.native"):
+        ours = f32(native_bytes(segments, layout, 10007), 2)
+    assert caplog.text.count("(p2.mp3): decoded by ffmpeg") == 1 and "(p0.mp3)" not in caplog.text
+    theirs = f32(graph_bytes(segments, layout), 2)
+    assert len(ours) == len(theirs) == layout.total(segments)
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert abs(ours[0]).max() < 1e-3  # faded in from silence
+
+
+def test_only_filters_run_in_ffmpeg_for_parts_decoded_here(tmp_path, monkeypatch):
+    path = tmp_path / "p.mp3"
+    lameenc_mp3(path, 44100)
+    s = segment_of(path).with_gain(-3.0)
+    started = []
+    real = subprocess.Popen
+
+    def popen(cmd, *a, **kw):
+        started.append(cmd)
+        return real(cmd, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    pcm = f32(native_bytes([s, s], Layout(44100, 2)), 2)
+    assert len(pcm) == 2 * 44100 and len(started) == 2
+    for cmd in started:
+        assert "pipe:0" in cmd and str(path) not in cmd and "volume=-3.0000dB" in cmd
+
+
+def test_loudness_matching_gives_the_streamed_graphs_pcm_and_levels(tmp_path):
+    segments = _mixed_parts(tmp_path)
+    layout = Layout(44100, 2, gap=4410)
+    with native.native_pcm(segments, layout, -20.0, -1.5) as pcm:
+        ours = f32(read_all(pcm.stream), 2)
+    with streamed_pcm(segments, layout, -20.0, -1.5) as graph:
+        theirs = f32(graph.stream.read(), 2)
+    assert [s.gain_db for s in pcm.segments] == pytest.approx([s.gain_db for s in graph.segments], abs=0.01)
+    assert all(s.gain_db for s in pcm.segments)
+    assert len(ours) == len(theirs) == layout.total(segments)
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["LAME tag", "ffmpeg MPEG-2 22.05k", "no tag (lame -t)"])
+def test_a_level_measured_from_pcm_decoded_here_is_ffmpegs(tmp_path, kind, monkeypatch):
+    path = tmp_path / "part.mp3"
+    KINDS[kind][0](path)
+    s = segment_of(path)
+    ours = loudness.measure(s)
+    monkeypatch.setattr(native, "measurable", lambda _s: False)
+    theirs = loudness.measure(s)
+    assert ours.lufs == pytest.approx(theirs.lufs, abs=0.05)
+    assert ours.true_peak_db == pytest.approx(theirs.true_peak_db, abs=0.05)
+
+
+def test_a_part_that_cannot_be_measured_is_named(tmp_path):
+    path = tmp_path / "p.mp3"
+    lameenc_mp3(path, 44100)
+    s = segment_of(path, 2)
+    path.write_bytes(b"\0" * 4096)
+    with pytest.raises(UnsupportedAudio) as err:
+        with native.native_pcm([s], Layout(44100, 2), -16.0, -1.5) as pcm:
+            read_all(pcm.stream)
+    assert err.value.part == 2 and "measure loudness" in str(err.value)
 
 
 def test_a_plain_join_starts_no_decoder_and_plays_its_length_in_both_decoders(tmp_path, monkeypatch):
