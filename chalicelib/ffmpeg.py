@@ -84,6 +84,14 @@ def dies_with_parent() -> dict:
     return {"preexec_fn": preexec}
 
 
+def nice_thread(by: int) -> None:
+    """Lower the calling thread's priority by ``by`` (Linux: a thread has its own nice value,
+    and the processes it starts inherit it); best effort. A pool's ``initializer``."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+
+
 class Children:
     """Processes one job starts from several threads; ``kill()`` ends those running (and reaps
     them) and refuses new ones, so a failed job leaves no ffmpeg behind."""

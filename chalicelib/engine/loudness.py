@@ -1,5 +1,5 @@
-"""Part levels: integrated loudness and true peak from one decode-only ebur128 pass per part,
-measured in parallel; and the gain each part gets, boosts limited so the output stays at or
+"""Part levels: integrated loudness and true peak from one ebur128 pass per part (two for a
+boost that may reach the ceiling), measured in parallel at lower priority than the encoder; and the gain each part gets, boosts limited so the output stays at or
 under the true-peak ceiling."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import UnsupportedAudio
-from ..ffmpeg import Children, ffmpeg_command
+from ..ffmpeg import Children, ffmpeg_command, nice_thread
 from .segment import Segment
 
 SILENCE_LUFS = -70.0  # at or below: a silent part, leave its level alone
@@ -86,7 +86,9 @@ def _ebur128(segment: Segment, children: Children | None, peak: str) -> tuple[fl
     cmd = ffmpeg_command(*inputs, "-af", f"ebur128=framelog=verbose:metadata=0:peak={peak}", "-f", "null", "-",
                          loglevel="info")
     # stderr to a file: ffmpeg never blocks on it while this thread feeds its stdin.
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, contextlib.ExitStack() as stack:
+        if source is not None:
+            stack.callback(source.close)
         proc = (children or Children()).popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
                                               stdin=subprocess.PIPE if source else subprocess.DEVNULL)
         with contextlib.suppress(OSError):
@@ -96,8 +98,8 @@ def _ebur128(segment: Segment, children: Children | None, peak: str) -> tuple[fl
         if source is not None:
             try:
                 native.feed(source, proc.stdin)
-            finally:
-                source.close()
+            except OSError:
+                proc.kill()  # the decoder here failed: the checks below name the part
         proc.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
@@ -120,7 +122,8 @@ def measuring(segments: list[Segment], target_lufs: float | None = None,
     children = Children()
     spans = {_span(s) for s in segments}
     workers = max(1, min(len(spans), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # The pool's threads are niced too: they decode MP3s for the measuring ffmpegs (engine.native).
+    with ThreadPoolExecutor(max_workers=workers, initializer=nice_thread, initargs=(MEASURE_NICENESS,)) as pool:
         started: dict[tuple, Future] = {}
         levels = []
         for s in segments:

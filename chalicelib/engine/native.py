@@ -24,7 +24,7 @@ from ..errors import UnsupportedAudio
 from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import Options
 from . import parallel, sndfile
-from .graph import OUT_FRAME, Layout, Pcm
+from .graph import OUT_FRAME, Layout, Pcm, widen_pipe
 from .loudness import apply_level, measuring, needs_level
 from .segment import Segment, fades
 
@@ -101,8 +101,9 @@ def pcm_input(rate: int, channels: int) -> list[str]:
 
 
 def feed(r: sndfile.Mp3Reader, sink) -> None:
-    """Every sample ``r`` decodes, as interleaved float32, written to ``sink`` (a binary file);
-    a reader that went away (BrokenPipeError) ends it quietly: the reader's exit tells why."""
+    """Every sample ``r`` decodes, as interleaved float32, written to ``sink`` (a binary file),
+    which is closed at the end; a reader that went away (BrokenPipeError) ends it quietly: the
+    reader's exit tells why. Other errors are the caller's."""
     buf = bytearray(FEED_FRAMES * 4 * r.channels)
     target = (ctypes.c_char * len(buf)).from_buffer(buf)
     view = memoryview(buf)
@@ -193,6 +194,7 @@ class _Part:
         if not filters:
             return _NativePart(segment, 4 * layout.channels, samples, gap, r)
         # The graph's own filters on the PCM decoded here: the same samples out.
+        filters.append(f"asetnsamples=n={OUT_FRAME}:p=0")
         cmd = ffmpeg_command(*pcm_input(layout.rate, layout.channels), "-filter_threads", "1",
                              "-af", ",".join(filters), *layout.pcm_args(), "pipe:1")
         return _FfmpegPart(segment, layout, samples, gap, cmd, r)
@@ -252,14 +254,28 @@ class _FfmpegPart(_Part):
                  source: sndfile.Mp3Reader | None = None):
         super().__init__(segment, 4 * layout.channels, samples, gap)
         self._err = tempfile.TemporaryFile()
-        self._source, self._feeder = source, None
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err,
-                                      stdin=subprocess.PIPE if source else subprocess.DEVNULL,
-                                      **dies_with_parent())
+        self._source, self._feeder, self._feed_error = source, None, None
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err,
+                                          stdin=subprocess.PIPE if source else subprocess.DEVNULL,
+                                          **dies_with_parent())
+        except BaseException:
+            self._err.close()
+            if source is not None:
+                source.close()
+            raise
+        widen_pipe(self._proc.stdout.fileno())
         if source is not None:
-            self._feeder = threading.Thread(target=feed, args=(source, self._proc.stdin),
-                                            name="stitch-native-feed", daemon=True)
+            widen_pipe(self._proc.stdin.fileno())
+            self._feeder = threading.Thread(target=self._feed, name="stitch-native-feed", daemon=True)
             self._feeder.start()
+
+    def _feed(self) -> None:
+        try:
+            feed(self._source, self._proc.stdin)
+        except BaseException as exc:  # reported by _finish: ffmpeg would end cleanly, and short
+            self._feed_error = exc
+            self._proc.kill()
 
     def _decode(self, view: memoryview, frames: int) -> int:
         want = frames * self._sb
@@ -280,6 +296,12 @@ class _FfmpegPart(_Part):
     def _finish(self) -> None:
         self._proc.stdout.close()
         code = self._proc.wait()
+        if self._feeder is not None:
+            self._feeder.join()
+        if self._feed_error is not None:
+            _log().warning("%s: decoding failed: %r", self.segment.info.label, self._feed_error)
+            info = self.segment.info
+            raise UnsupportedAudio(f"{info.label}: cannot be decoded ({info.codec})", part=info.index)
         if code != 0:
             self._err.seek(0)
             _log().warning("decoder failed (exit %s): %s", code,

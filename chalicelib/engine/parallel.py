@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import StitchError
-from ..ffmpeg import Children, ffmpeg_binary
+from ..ffmpeg import Children, ffmpeg_binary, nice_thread
 from ..options import FORMATS, SAMPLE_RATES
 from . import lame
 from .mp3 import build_tag_frame
@@ -356,11 +356,8 @@ ENCODER_NICENESS = 5
 
 
 def _nicer() -> None:
-    """Lower this thread's priority by ENCODER_NICENESS (Linux: a thread has its own nice value),
-    once per pool thread."""
-    with contextlib.suppress(AttributeError, OSError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + ENCODER_NICENESS))
+    """Lower this pool thread's priority by ENCODER_NICENESS."""
+    nice_thread(ENCODER_NICENESS)
 
 
 def _encode_chunk(c: _Chunk, job: _Job) -> bytes:

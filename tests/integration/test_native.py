@@ -199,7 +199,7 @@ def test_only_filters_run_in_ffmpeg_for_parts_decoded_here(tmp_path, monkeypatch
     pcm = f32(native_bytes([s, s], Layout(44100, 2)), 2)
     assert len(pcm) == 2 * 44100 and len(started) == 2
     for cmd in started:
-        assert "pipe:0" in cmd and str(path) not in cmd and "volume=-3.0000dB" in cmd
+        assert "pipe:0" in cmd and str(path) not in cmd and any(a.startswith("volume=-3.0000dB,") for a in cmd)
 
 
 def test_loudness_matching_gives_the_streamed_graphs_pcm_and_levels(tmp_path):
@@ -259,3 +259,37 @@ def test_a_plain_join_starts_no_decoder_and_plays_its_length_in_both_decoders(tm
     assert result.join == "exact" and round(result.duration_s * 44100) == total
     assert ffmpeg_frames(out) == sf_frames(out) == total
     assert [round(p.start_s * 44100) for p in result.parts] == [0, 44100 + 4410, 44100 + 30870 + 2 * 4410]
+
+
+def _failing_reads(monkeypatch):
+    """libsndfile's reads fail after the first (a disk error, a file replaced mid-read)."""
+    real = sndfile.Mp3Reader.read_into
+    calls = []
+
+    def read_into(self, address, frames):
+        calls.append(frames)
+        if len(calls) > 1:
+            raise OSError("read error")
+        return real(self, address, frames)
+
+    monkeypatch.setattr(sndfile.Mp3Reader, "read_into", read_into)
+
+
+def test_a_part_whose_decoding_here_fails_while_filtered_is_named_not_padded(tmp_path, monkeypatch):
+    path = tmp_path / "p.mp3"
+    lameenc_mp3(path, 4 * 44100)
+    s = segment_of(path, 1).with_gain(-3.0)
+    _failing_reads(monkeypatch)
+    with pytest.raises(UnsupportedAudio) as err:
+        native_bytes([s], Layout(44100, 2))
+    assert err.value.part == 1 and "cannot be decoded" in str(err.value)
+
+
+def test_a_part_whose_decoding_here_fails_while_measured_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "p.mp3"
+    lameenc_mp3(path, 4 * 44100)
+    s = segment_of(path, 4)
+    _failing_reads(monkeypatch)
+    with pytest.raises(UnsupportedAudio) as err:
+        loudness.measure(s)
+    assert err.value.part == 4 and "measure loudness" in str(err.value)
