@@ -65,6 +65,19 @@ def f32(data: bytes, channels: int) -> np.ndarray:
     return np.frombuffer(data, "<f4").reshape(-1, channels)
 
 
+def record_popen(monkeypatch) -> list[list[str]]:
+    """The commands of every process started from here on (they still run)."""
+    started = []
+    real = subprocess.Popen
+
+    def popen(cmd, *a, **kw):
+        started.append(cmd)
+        return real(cmd, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return started
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_pcm_is_the_decode_graphs(tmp_path, kind, caplog):
     build, decoded_here = KINDS[kind]
@@ -188,14 +201,7 @@ def test_only_filters_run_in_ffmpeg_for_parts_decoded_here(tmp_path, monkeypatch
     path = tmp_path / "p.mp3"
     lameenc_mp3(path, 44100)
     s = segment_of(path).with_gain(-3.0)
-    started = []
-    real = subprocess.Popen
-
-    def popen(cmd, *a, **kw):
-        started.append(cmd)
-        return real(cmd, *a, **kw)
-
-    monkeypatch.setattr(subprocess, "Popen", popen)
+    started = record_popen(monkeypatch)
     pcm = f32(native_bytes([s, s], Layout(44100, 2)), 2)
     assert len(pcm) == 2 * 44100 and len(started) == 2
     for cmd in started:
@@ -243,14 +249,7 @@ def test_a_plain_join_starts_no_decoder_and_plays_its_length_in_both_decoders(tm
     lengths = (44100, 30870, 2 * 44100)
     for i, (p, n) in enumerate(zip(paths, lengths, strict=True)):
         lameenc_mp3(p, n, seed=i, crc=i == 1)
-    started = []
-    real = subprocess.Popen
-
-    def popen(cmd, *a, **kw):
-        started.append(cmd)
-        return real(cmd, *a, **kw)
-
-    monkeypatch.setattr(subprocess, "Popen", popen)
+    started = record_popen(monkeypatch)
     out = tmp_path / "out.mp3"
     result = stitch([PartInput(p) for p in paths], out, Options(join="exact", gap_ms=100))
     assert started == []
