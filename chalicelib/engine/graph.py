@@ -19,7 +19,7 @@ from typing import BinaryIO
 from ..errors import StitchError, UnsupportedAudio
 from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import Options
-from .loudness import apply_level, measuring, needs_level
+from .loudness import leveling
 from .segment import Segment, fades
 
 
@@ -75,6 +75,12 @@ class Layout:
     def pcm_args(self) -> list[str]:
         return ["-f", "f32le", "-ar", str(self.rate), "-ac", str(self.channels)]
 
+    def edges(self, i: int, parts: int) -> tuple[int, int, int]:
+        """What part ``i`` of ``parts`` carries itself when parts are decoded one by one: the gap
+        after it, and the fade-in or fade-out when it is the first or last (samples)."""
+        last = parts - 1
+        return (self.gap if i < last else 0, self.fade_in if i == 0 else 0, self.fade_out if i == last else 0)
+
 
 def graph_command(segments: list[Segment], layout: Layout) -> list[str]:
     """One ffmpeg decoding every part through one filter graph to f32le on stdout."""
@@ -122,7 +128,8 @@ class Pcm:
     segments: list[Segment] = field(default_factory=list)
 
 
-def _tail(err) -> str:
+def tail(err) -> str:
+    """The end of what an ffmpeg wrote to ``err`` (a file), for the log."""
     err.seek(0)
     return err.read()[-2000:].decode("utf-8", "replace").strip()
 
@@ -144,7 +151,7 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
             code = dec.wait()
         if code != 0:
             # The tool's own words go to the log, not to the client.
-            _log().warning("decoder failed (exit %s): %s", code, _tail(err))
+            _log().warning("decoder failed (exit %s): %s", code, tail(err))
             raise DecodeFailed(f"ffmpeg failed (exit {code}) while decoding the parts")
 
 
@@ -166,20 +173,16 @@ def streamed_pcm(segments: list[Segment], layout: Layout, target_lufs: float | N
     widen_pipe(read_fd)
     pcm = Pcm(open(read_fd, "rb"))
     failures: list[BaseException] = []
-    last = len(segments) - 1
-    measured = [s for s in segments if needs_level(s, target_lufs)]
 
     def pump() -> None:
         try:
-            with open(write_fd, "wb") as sink, measuring(measured, target_lufs, ceiling_dbtp) as futures:
-                level_of = dict(zip(map(id, measured), futures, strict=True))
+            with open(write_fd, "wb") as sink, leveling(segments, target_lufs, ceiling_dbtp) as level:
                 for i, s in enumerate(segments):
-                    f = level_of.get(id(s))
-                    s = apply_level(s, f.result() if f else None, target_lufs, ceiling_dbtp)
+                    s = level(s)
                     pcm.segments.append(s)
-                    filters = s.filters(layout.rate, layout.channels, gap_samples=layout.gap if i < last else 0,
-                                        fade_in=layout.fade_in if i == 0 else 0,
-                                        fade_out=layout.fade_out if i == last else 0)
+                    gap, fade_in, fade_out = layout.edges(i, len(segments))
+                    filters = s.filters(layout.rate, layout.channels, gap_samples=gap, fade_in=fade_in,
+                                        fade_out=fade_out)
                     _decode_into(sink, s, filters, layout)
         except BrokenPipeError:
             pass  # the encoder stopped reading: its own error tells why
@@ -202,10 +205,15 @@ def streamed_pcm(segments: list[Segment], layout: Layout, target_lufs: float | N
         raise failures[0]
 
 
+def part_command(inputs: list[str], filters: list[str], layout: Layout) -> list[str]:
+    """One ffmpeg running one part's ``filters`` on ``inputs``, out as the pipe's PCM, in frames of
+    OUT_FRAME samples."""
+    return ffmpeg_command(*inputs, "-filter_threads", "1", "-af", ",".join([*filters, f"asetnsamples=n={OUT_FRAME}:p=0"]),
+                          *layout.pcm_args(), "pipe:1")
+
+
 def _decode_into(sink: BinaryIO, s: Segment, filters: list[str], layout: Layout) -> None:
-    filters = [*filters, f"asetnsamples=n={OUT_FRAME}:p=0"]
-    cmd = ffmpeg_command(*s.input_args(), "-map", "0:a:0", "-filter_threads", "1", "-af", ",".join(filters),
-                         *layout.pcm_args(), "pipe:1")
+    cmd = part_command([*s.input_args(), "-map", "0:a:0"], filters, layout)
     with tempfile.TemporaryFile() as err:
         # The decoder writes into the pipe itself: no copy through Python.
         code = subprocess.run(cmd, stdout=sink, stderr=err, stdin=subprocess.DEVNULL,
@@ -213,6 +221,6 @@ def _decode_into(sink: BinaryIO, s: Segment, filters: list[str], layout: Layout)
         if code == 0:
             return
         # ffmpeg ignores SIGPIPE: a reader that went away shows as a failed write.
-        if code == -13 or "Broken pipe" in _tail(err):
+        if code == -13 or "Broken pipe" in tail(err):
             raise BrokenPipeError()
     raise UnsupportedAudio(f"{s.info.label}: cannot be decoded ({s.info.codec})", part=s.info.index)

@@ -1,6 +1,6 @@
 """Part levels: integrated loudness and true peak from one ebur128 pass per part (two for a
-boost that may reach the ceiling), measured in parallel at lower priority than the encoder; and the gain each part gets, boosts limited so the output stays at or
-under the true-peak ceiling."""
+boost that may reach the ceiling), measured in parallel at lower priority than the encoder; and
+the gain each part gets, boosts limited so the output stays at or under the true-peak ceiling."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -100,6 +100,8 @@ def _ebur128(segment: Segment, children: Children | None, peak: str) -> tuple[fl
                 native.feed(source, proc.stdin)
             except OSError:
                 proc.kill()  # the decoder here failed: the checks below name the part
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
         proc.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
@@ -164,11 +166,25 @@ def apply_level(segment: Segment, level: Level | None, target_lufs: float | None
     return segment.with_gain(allowed, round(gain - allowed, 2))
 
 
+@contextlib.contextmanager
+def leveling(segments: list[Segment], target_lufs: float | None,
+             ceiling_dbtp: float) -> Iterator[Callable[[Segment], Segment]]:
+    """Measures the segments that need it in parallel; yields ``level(s)``: ``s`` (one of
+    ``segments``) with its final gain, once its own level is known."""
+    measured = [s for s in segments if needs_level(s, target_lufs)]
+    with measuring(measured, target_lufs, ceiling_dbtp) as futures:
+        level_of = dict(zip(map(id, measured), futures, strict=True))
+
+        def level(s: Segment) -> Segment:
+            f = level_of.get(id(s))
+            return apply_level(s, f.result() if f else None, target_lufs, ceiling_dbtp)
+
+        yield level
+
+
 def leveled(segments: list[Segment], target_lufs: float | None, ceiling_dbtp: float) -> list[Segment]:
     """Every segment with its final gain; the parts that need it are measured in parallel."""
-    todo = [s for s in segments if needs_level(s, target_lufs)]
-    if not todo:
+    if not any(needs_level(s, target_lufs) for s in segments):
         return segments
-    with measuring(todo, target_lufs, ceiling_dbtp) as futures:
-        levels = {id(s): f.result() for s, f in zip(todo, futures, strict=True)}
-    return [apply_level(s, levels.get(id(s)), target_lufs, ceiling_dbtp) for s in segments]
+    with leveling(segments, target_lufs, ceiling_dbtp) as level:
+        return [level(s) for s in segments]

@@ -21,12 +21,12 @@ import threading
 from collections.abc import Callable, Iterator
 
 from ..errors import UnsupportedAudio
-from ..ffmpeg import dies_with_parent, ffmpeg_command
+from ..ffmpeg import dies_with_parent
 from ..options import Options
 from . import parallel, sndfile
-from .graph import OUT_FRAME, Layout, Pcm, widen_pipe
-from .loudness import apply_level, measuring, needs_level
-from .segment import Segment, fades
+from .graph import Layout, Pcm, part_command, tail, widen_pipe
+from .loudness import leveling
+from .segment import Segment
 
 FEED_FRAMES = 32768  # sample frames per write into a filtering or measuring ffmpeg
 
@@ -55,16 +55,9 @@ def native_pcm(segments: list[Segment], layout: Layout, target_lufs: float | Non
                ceiling_dbtp: float = 0.0) -> Iterator[Pcm]:
     """The parts' PCM; the parts whose level is needed (``loudness.needs_level``) are measured
     in parallel meanwhile, and ``Pcm.segments`` fills with the parts as finally leveled."""
-    measured = [s for s in segments if needs_level(s, target_lufs)]
-    with measuring(measured, target_lufs, ceiling_dbtp) as futures:
-        level_of = dict(zip(map(id, measured), futures, strict=True))
-
-        def leveled(s: Segment) -> Segment:
-            f = level_of.get(id(s))
-            return apply_level(s, f.result() if f else None, target_lufs, ceiling_dbtp)
-
+    with leveling(segments, target_lufs, ceiling_dbtp) as level:
         pcm = Pcm(None)  # type: ignore[arg-type]  # the stream follows: it fills pcm.segments
-        stream = pcm.stream = _Stream(segments, layout, leveled, pcm.segments)
+        stream = pcm.stream = _Stream(segments, layout, level, pcm.segments)
         try:
             yield pcm
         finally:
@@ -103,18 +96,19 @@ def pcm_input(rate: int, channels: int) -> list[str]:
 def feed(r: sndfile.Mp3Reader, sink) -> None:
     """Every sample ``r`` decodes, as interleaved float32, written to ``sink`` (a binary file),
     which is closed at the end; a reader that went away (BrokenPipeError) ends it quietly: the
-    reader's exit tells why. Other errors are the caller's."""
+    reader's exit tells why. Other errors are the caller's, and ``sink`` is left open for it to
+    stop the reader first."""
     buf = bytearray(FEED_FRAMES * 4 * r.channels)
     target = (ctypes.c_char * len(buf)).from_buffer(buf)
     view = memoryview(buf)
     try:
         while got := r.read_into(ctypes.addressof(target), FEED_FRAMES):
             sink.write(view[:got * 4 * r.channels])
+        sink.close()  # end of input; on an error it stays open, so the reader never takes a short input for the whole
     except BrokenPipeError:
-        pass
-    finally:
         with contextlib.suppress(OSError):
             sink.close()  # closes the pipe even when the last flush fails
+    finally:
         view.release()
         del target
 
@@ -126,9 +120,7 @@ class _Stream:
                  opened: list[Segment]):
         self._layout, self._leveled, self._opened = layout, leveled, opened
         self._sb = 4 * layout.channels
-        last = len(segments) - 1
-        self._todo = [(s, layout.gap if i < last else 0, layout.fade_in if i == 0 else 0,
-                       layout.fade_out if i == last else 0) for i, s in enumerate(segments)]
+        self._todo = [(s, *layout.edges(i, len(segments))) for i, s in enumerate(segments)]
         self._todo.reverse()
         self._part: _Part | None = None
         self._left = bytearray()  # bytes of a sample frame that did not fit the caller's buffer
@@ -182,22 +174,16 @@ class _Part:
     @staticmethod
     def open(segment: Segment, layout: Layout, gap: int, fade_in: int = 0, fade_out: int = 0) -> _Part:
         samples = segment.samples(layout.rate)
+        filters = segment.filters(layout.rate, layout.channels, fade_in=fade_in, fade_out=fade_out)
         r = reader(segment, layout.rate, layout.channels)
         if r is None:
-            filters = segment.filters(layout.rate, layout.channels, fade_in=fade_in, fade_out=fade_out)
-            cmd = ffmpeg_command(*segment.input_args(), "-map", "0:a:0", "-filter_threads", "1",
-                                 "-af", ",".join([*filters, f"asetnsamples=n={OUT_FRAME}:p=0"]),
-                                 *layout.pcm_args(), "pipe:1")
+            cmd = part_command([*segment.input_args(), "-map", "0:a:0"], filters, layout)
             return _FfmpegPart(segment, layout, samples, gap, cmd)
-        filters = [f"volume={segment.gain_db:.4f}dB"] if segment.gain_db else []
-        filters += fades(samples, fade_in, fade_out)
         if not filters:
             return _NativePart(segment, 4 * layout.channels, samples, gap, r)
-        # The graph's own filters on the PCM decoded here: the same samples out.
-        filters.append(f"asetnsamples=n={OUT_FRAME}:p=0")
-        cmd = ffmpeg_command(*pcm_input(layout.rate, layout.channels), "-filter_threads", "1",
-                             "-af", ",".join(filters), *layout.pcm_args(), "pipe:1")
-        return _FfmpegPart(segment, layout, samples, gap, cmd, r)
+        # The graph's own filters (gain, fades) on the PCM decoded here: the same samples out.
+        return _FfmpegPart(segment, layout, samples, gap, part_command(pcm_input(layout.rate, layout.channels),
+                                                                       filters, layout), r)
 
     def read(self, view: memoryview) -> int:
         """Bytes written to ``view`` (whole sample frames, at least one if ``view`` holds one);
@@ -298,16 +284,14 @@ class _FfmpegPart(_Part):
         code = self._proc.wait()
         if self._feeder is not None:
             self._feeder.join()
+        info = self.segment.info
         if self._feed_error is not None:
-            _log().warning("%s: decoding failed: %r", self.segment.info.label, self._feed_error)
-            info = self.segment.info
-            raise UnsupportedAudio(f"{info.label}: cannot be decoded ({info.codec})", part=info.index)
-        if code != 0:
-            self._err.seek(0)
-            _log().warning("decoder failed (exit %s): %s", code,
-                           self._err.read()[-2000:].decode("utf-8", "replace").strip())
-            info = self.segment.info
-            raise UnsupportedAudio(f"{info.label}: cannot be decoded ({info.codec})", part=info.index)
+            _log().warning("%s: decoding failed: %r", info.label, self._feed_error)
+        elif code != 0:
+            _log().warning("decoder failed (exit %s): %s", code, tail(self._err))
+        else:
+            return
+        raise UnsupportedAudio(f"{info.label}: cannot be decoded ({info.codec})", part=info.index)
 
     def close(self) -> None:
         if self._proc.poll() is None:

@@ -72,7 +72,8 @@ class Segment:
         samples) and a gap of zeros after it."""
         layout = "mono" if channels == 1 else "stereo"
         out = []
-        if self.plain(rate, channels):
+        if self.whole(rate, channels):  # the decoder gives exactly its samples: no resampling or trim
+            out += [f"volume={self.gain_db:.4f}dB"] if self.gain_db else []
             out += fades(self.samples(rate), fade_in, fade_out)
             return out + ([f"apad=pad_len={gap_samples}"] if gap_samples else [])
         if self.info.lead_in and not self.start_s:
