@@ -158,9 +158,9 @@ class _NotClean(Exception):
 
 
 def _copy(infos: list[AudioInfo], output: Path, progress) -> Result:
-    def scan_part(i: int, head: mp3.Mp3Head, fd: int, copy_to: tuple) -> mp3.Mp3Scan:
+    def scan_part(i: int, head: mp3.Mp3Head, fd: int, copier, at: int) -> mp3.Mp3Scan:
         try:
-            return mp3.scan(head.path, head, None, fd, copy_to)
+            return copier.copy(fd, head, at)
         except mp3.Mp3Truncated as exc:
             raise UnsupportedAudio(f"{infos[i].label}: {exc}", part=i) from None
         except mp3.Mp3Error:

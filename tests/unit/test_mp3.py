@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import struct
 
@@ -11,6 +12,9 @@ import pytest
 from chalicelib.engine import PartInput, mp3, plan_mode, probe, stitch
 from chalicelib.options import Options, PartOptions
 from tests.audio import decoded_frames, make_tone
+
+# the module, not mp3.join (the function): its CHUNK is patched to force many chunks
+join_module = importlib.import_module("chalicelib.engine.mp3.join")
 
 VBR = ["-q:a", "2"]
 # Short test parts: auto would pick an exact join for them.
@@ -197,11 +201,8 @@ def test_scan_reads_in_chunks(tones, tmp_path, monkeypatch):
 def test_stray_bytes_after_last_frame_are_left_out(tones, tmp_path, monkeypatch, chunk):
     """The walk writes what it read; bytes it rejects must not reach the output, also when a
     read ends inside a frame (small chunks) and the frame's rest is written separately."""
-    import importlib
-
-    join = importlib.import_module("chalicelib.engine.mp3.join")  # the module, not the function
     if chunk:
-        monkeypatch.setattr(join, "CHUNK", chunk)
+        monkeypatch.setattr(join_module, "CHUNK", chunk)
     stray = tmp_path / "stray.mp3"
     stray.write_bytes(tones["a"].read_bytes() + b"\xff\x00")
     out = tmp_path / "j.mp3"
@@ -231,13 +232,10 @@ def test_copy_join_writes_every_frame_in_place(tones, tmp_path, monkeypatch, chu
     """The output is the new tag frame, then each part's audio frames byte for byte, in order:
     both copying threads write every chunk at its place, also with small chunks (frames and
     headers straddling chunks, many turns) and with parts that carry ID3v2/APE/ID3v1 tags."""
-    import importlib
-
     from chalicelib.engine.mp3.tags import tag_frame_header
 
-    join = importlib.import_module("chalicelib.engine.mp3.join")
     if chunk:
-        monkeypatch.setattr(join, "CHUNK", chunk)
+        monkeypatch.setattr(join_module, "CHUNK", chunk)
     names = ("c", "tagged", "a", "c")
     out = tmp_path / "j.mp3"
     result = stitch([PartInput(tones[n]) for n in names], out, COPY)
@@ -251,13 +249,10 @@ def test_copy_join_writes_every_frame_in_place(tones, tmp_path, monkeypatch, chu
 
 @pytest.mark.parametrize("chunk", [1000, None])
 def test_copy_join_names_a_truncated_part_and_leaves_nothing(tones, tmp_path, monkeypatch, chunk):
-    import importlib
-
     from chalicelib.errors import UnsupportedAudio
 
-    join = importlib.import_module("chalicelib.engine.mp3.join")
     if chunk:
-        monkeypatch.setattr(join, "CHUNK", chunk)
+        monkeypatch.setattr(join_module, "CHUNK", chunk)
     data = tones["c"].read_bytes()
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -349,10 +344,7 @@ def test_copy_join_without_fallocate_writes_the_same_bytes(tones, tmp_path, monk
 def test_copy_join_without_a_second_thread_writes_the_same_bytes(tones, tmp_path, monkeypatch):
     """Where no thread can be started (a process limit), the calling thread copies alone."""
     import _thread
-    import importlib
-
-    join = importlib.import_module("chalicelib.engine.mp3.join")
-    monkeypatch.setattr(join, "CHUNK", 1000)  # every part takes many chunks: two threads normally
+    monkeypatch.setattr(join_module, "CHUNK", 1000)  # every part takes many chunks: two threads normally
     parts = [PartInput(tones[n]) for n in ("c", "tagged", "a")]
     stitch(parts, tmp_path / "two.mp3", COPY)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from ...records import record
 from .frames import OFFSET_STRIDE
 from .tags import build_tag_frame, played_samples, tag_frame_header
-from .walk import CHUNK, FrameCopier, Mp3Head, Mp3Scan, scan
+from .walk import CHUNK, FrameCopier, Mp3Head, Mp3Scan
 
 
 def toc(scans: list[Mp3Scan], total_bytes: int) -> bytes:
@@ -78,11 +78,11 @@ class JoinInfo:
 
 
 def join(heads: list[Mp3Head], out_path: str | Path,
-         scan_part: Callable[[int, Mp3Head, int, tuple[FrameCopier, int]], Mp3Scan] | None = None) -> JoinInfo:
+         scan_part: Callable[[int, Mp3Head, int, FrameCopier, int], Mp3Scan] | None = None) -> JoinInfo:
     """Write every part's audio frames, in order, behind one new Xing/Info + LAME tag frame.
 
-    ``scan_part(i, head, fd, copy_to)`` walks part i (open as ``fd``), writing its frames to
-    ``copy_to = (copier, offset)`` as it goes (``walk.scan``), and may raise for a bad part.
+    ``scan_part(i, head, fd, copier, offset)`` walks part i (open as ``fd``), writing its frames
+    from ``offset`` on as it goes (``copier.copy(fd, head, offset)``), and may raise for a bad part.
     Each part is opened once and each byte read once: the frames are written from the buffer
     the walk read them into, two threads taking turns (walk.FrameCopier). (A kernel copy
     (copy_file_range) after the walk, even overlapped in a thread, cost 1.3x the CPU: it reads
@@ -90,7 +90,7 @@ def join(heads: list[Mp3Head], out_path: str | Path,
     """
     if not heads or not compatible(heads):
         raise ValueError("join needs at least one part and compatible streams")
-    scan_part = scan_part or (lambda _i, head, fd, copy_to: scan(head.path, head, None, fd, copy_to))
+    scan_part = scan_part or (lambda _i, head, fd, copier, at: copier.copy(fd, head, at))
     h = heads[0].header
     spf = h.samples
     _, tag_size = tag_frame_header(h)
@@ -109,7 +109,7 @@ def join(heads: list[Mp3Head], out_path: str | Path,
             for i, head in enumerate(heads):
                 src = os.open(head.path, os.O_RDONLY)
                 try:
-                    s = scan_part(i, head, src, (copier, at))
+                    s = scan_part(i, head, src, copier, at)
                 finally:
                     os.close(src)
                 if s.start != head.audio_start or s.end > head.end_limit:

@@ -164,36 +164,20 @@ def peek(path: str | Path) -> Mp3Head:
     return Mp3Head(path, header, tag, pos, end_limit, first, first != start)
 
 
-def scan(path: str | Path, head: Mp3Head | None = None, buf: bytearray | None = None,
-         fd: int | None = None, copy_to: tuple[FrameCopier, int] | None = None) -> Mp3Scan:
+def scan(path: str | Path, head: Mp3Head | None = None) -> Mp3Scan:
     """Walk every frame of an MPEG audio file. Raises Mp3Error if it is not one, or is truncated.
-
-    ``buf`` is a reusable read buffer and ``fd`` an open descriptor of the file (a join walks
-    many parts, opening each once). With ``copy_to = (copier, offset)`` the walked frames are
-    also written from ``offset`` on, by ``copier`` (``buf`` is then unused): every byte is read
-    once. If the walk raises, part of the part may have been written."""
+    (A join walks and writes each part in one read: ``FrameCopier.copy``.)"""
     head = head or peek(path)
-    if fd is None:
-        fd = os.open(head.path, os.O_RDONLY)
-        try:
-            return _scan(fd, head, buf, copy_to)
-        finally:
-            os.close(fd)
-    return _scan(fd, head, buf, copy_to)
-
-
-def _scan(fd: int, head: Mp3Head, buf: bytearray | None, copy_to: tuple[FrameCopier, int] | None) -> Mp3Scan:
-    if copy_to is not None:
-        copier, out_at = copy_to
-        return copier.copy(fd, head, out_at)
-    walk = _FrameWalk(head)
-    chunks = _chunks(head.audio_start, head.end_limit, CHUNK)
-    need = max((length for _, length in chunks), default=0) + LOOKAHEAD
-    if buf is None or len(buf) < need:
+    fd = os.open(head.path, os.O_RDONLY)
+    try:
+        walk = _FrameWalk(head)
+        chunks = _chunks(head.audio_start, head.end_limit, CHUNK)
         # Sized to the part: zero-filling a 1 MB buffer costs more than walking a short part.
-        buf = bytearray(need)
-    _take_turns(walk, fd, chunks, 0, 1, buf, None, None)
-    return walk.result()
+        buf = bytearray(max((length for _, length in chunks), default=0) + LOOKAHEAD)
+        _take_turns(walk, fd, chunks, 0, 1, buf, None, None)
+        return walk.result()
+    finally:
+        os.close(fd)
 
 
 # A chunk is read with the LOOKAHEAD bytes after it, so that a frame header starting in its last
@@ -223,7 +207,7 @@ class _FrameWalk:
         self.frames = 0
         self.bitrates_seen = {header.bitrate_index} if tag is None else set()
         self.skip = 0  # bytes at the start of the next chunk that belong to the last frame walked
-        self.end = head.audio_start if head.end_limit <= head.audio_start else None
+        self.end: int | None = None  # set by the last chunk
 
     def chunk(self, buf, at: int, length: int, last: bool) -> None:
         """Walk the headers that start in ``buf[:length]``, the file's bytes from ``at`` (plus
@@ -358,7 +342,7 @@ class FrameCopier:
     def __init__(self, fd: int, size: int):
         self.fd = fd
         self.size = size  # chunk size
-        self._buffers = (bytearray(size + LOOKAHEAD), bytearray(size + LOOKAHEAD))
+        self._buffer = bytearray(size + LOOKAHEAD)  # the calling thread's; the helper makes its own
         self._go = self._done = None  # the helper's, once it is started
         self._job: tuple | None = None
         self._error: BaseException | None = None
@@ -372,14 +356,14 @@ class FrameCopier:
         if self._go is None and len(chunks) > 1 and not self._alone:
             self._start()
         if len(chunks) < 2 or self._alone:
-            _take_turns(walk, fd, chunks, 0, 1, self._buffers[0], out, None)
+            _take_turns(walk, fd, chunks, 0, 1, self._buffer, out, None)
             return walk.result()
         mine, theirs = _Baton(given=True), _Baton()  # chunk 0, this thread's, is walked first
         self._error = None
         self._job = (walk, fd, chunks, out, (theirs, mine))
         try:
             self._go.release()
-            _take_turns(walk, fd, chunks, 0, 2, self._buffers[0], out, (mine, theirs))
+            _take_turns(walk, fd, chunks, 0, 2, self._buffer, out, (mine, theirs))
         except BaseException as exc:
             self._error = self._error or exc
             theirs.give(False)
@@ -405,13 +389,16 @@ class FrameCopier:
         self._go, self._done = go, done
 
     def _help(self, go, done) -> None:
+        buf = None
         while True:
             go.acquire()
             if self._job is None:
                 return
             walk, fd, chunks, out, turns = self._job
             try:
-                _take_turns(walk, fd, chunks, 1, 2, self._buffers[1], out, turns)
+                if buf is None:  # allocated here: a join of parts of one chunk never needs it
+                    buf = bytearray(self.size + LOOKAHEAD)
+                _take_turns(walk, fd, chunks, 1, 2, buf, out, turns)
             except BaseException as exc:  # raised by the calling thread
                 self._error = self._error or exc
                 turns[1].give(False)
