@@ -6,6 +6,7 @@ Opus pre-skip), so decoders play exactly the samples it was fed. Formats that
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -16,17 +17,12 @@ from ..ffmpeg import dies_with_parent, ffmpeg_command
 from ..options import SAMPLE_RATES, Options
 from . import parallel
 from .graph import Layout
+from .parallel import DEFAULT_BITRATE
 from .probe import AudioInfo
 
-
-def _log():
-    """This module's logger; logging is imported on first use (a failure), not at start-up."""
-    import logging
-
-    return logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
-DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}  # ogg: libvorbis' own quality default
 
 
 def output_rate(options: Options, infos: list[AudioInfo]) -> int:
@@ -53,13 +49,10 @@ def bitrate(options: Options, layout: Layout | None = None) -> str | None:
 
 
 def _encoder_args(options: Options, rate: int, channels: int, out_path: str) -> list[str]:
-    """The encoder's output options (``parallel.encoder_args`` matches them) and the output."""
+    """The encoder's output options (``parallel.encoder_args``, with the bitrate checked here) and the output."""
     fmt = options.output_format
-    args = ["-c:a", fmt.codec]
     kbps = bitrate(options, Layout(rate, channels))
-    if kbps:
-        args += ["-b:a", kbps]
-    return args + ["-ar", str(rate), "-ac", str(channels), "-map_metadata", "-1", "-f", fmt.muxer, out_path]
+    return parallel.encoder_args(fmt.name, rate, channels, kbps) + ["-f", fmt.muxer, out_path]
 
 
 def encoder_command(options: Options, layout: Layout, out_path: str) -> list[str]:
@@ -108,7 +101,7 @@ def run_ffmpeg(cmd: list[str], total_s: float, progress: Callable[[float], None]
             err.seek(0)
             tail = err.read()[-2000:].decode("utf-8", "replace").strip()
             # The tool's own words go to the log, not to the client.
-            _log().warning("encoder failed (exit %s): %s", code, tail)
+            log.warning("encoder failed (exit %s): %s", code, tail)
             raise StitchError(f"ffmpeg failed (exit {code}) while encoding the output")
 
 

@@ -8,6 +8,7 @@ streaming into the pipe in order.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import tempfile
@@ -22,17 +23,12 @@ from ..options import Options
 from .loudness import leveling
 from .segment import Segment, fades
 
-
-def _log():
-    """This module's logger; logging is imported on first use (a failure), not at start-up."""
-    import logging
-
-    return logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
-# Samples per frame of the decoder's output (see graph_command).
+# Samples per frame of the decoder's output (see graph_command), and the filter that makes them.
 OUT_FRAME = 16384
-_F_SETPIPE_SZ = 1031
+REFRAME = f"asetnsamples=n={OUT_FRAME}:p=0"
 PIPE_BYTES = 1 << 20  # Linux's default ceiling for an unprivileged pipe (fs.pipe-max-size)
 
 
@@ -41,7 +37,7 @@ def widen_pipe(fd: int) -> None:
     import fcntl
 
     with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class DecodeFailed(StitchError):
@@ -114,7 +110,7 @@ def graph_command(segments: list[Segment], layout: Layout) -> list[str]:
     post = fades(layout.total(segments), layout.fade_in, layout.fade_out)
     # Out in frames of OUT_FRAME samples, not the decoders' 1152: a twelfth of the writes and
     # wake-ups on the pipe (about a third of the decoder's system time at 44.1 kHz).
-    post.append(f"asetnsamples=n={OUT_FRAME}:p=0")
+    post.append(REFRAME)
     chains.append(f"[{joined}]{','.join(post)}[out]")
     return cmd + ["-filter_complex_threads", "1", "-filter_complex", ";".join(chains), "-map", "[out]",
                   *layout.pcm_args(), "pipe:1"]
@@ -151,7 +147,7 @@ def graph_pcm(segments: list[Segment], layout: Layout) -> Iterator[Pcm]:
             code = dec.wait()
         if code != 0:
             # The tool's own words go to the log, not to the client.
-            _log().warning("decoder failed (exit %s): %s", code, tail(err))
+            log.warning("decoder failed (exit %s): %s", code, tail(err))
             raise DecodeFailed(f"ffmpeg failed (exit {code}) while decoding the parts")
 
 
@@ -208,7 +204,7 @@ def streamed_pcm(segments: list[Segment], layout: Layout, target_lufs: float | N
 def part_command(inputs: list[str], filters: list[str], layout: Layout) -> list[str]:
     """One ffmpeg running one part's ``filters`` on ``inputs``, out as the pipe's PCM, in frames of
     OUT_FRAME samples."""
-    return ffmpeg_command(*inputs, "-filter_threads", "1", "-af", ",".join([*filters, f"asetnsamples=n={OUT_FRAME}:p=0"]),
+    return ffmpeg_command(*inputs, "-filter_threads", "1", "-af", ",".join([*filters, REFRAME]),
                           *layout.pcm_args(), "pipe:1")
 
 

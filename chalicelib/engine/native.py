@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import subprocess
 import tempfile
 import threading
@@ -31,10 +32,7 @@ from .segment import Segment
 FEED_FRAMES = 32768  # sample frames per write into a filtering or measuring ffmpeg
 
 
-def _log():
-    import logging
-
-    return logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def applies(options: Options, segments: list[Segment], layout: Layout) -> bool:
@@ -70,11 +68,11 @@ def reader(segment: Segment, rate: int, channels: int) -> sndfile.Mp3Reader | No
     try:
         r = sndfile.Mp3Reader(segment.info.path)
     except OSError as exc:
-        _log().info("%s: decoded by ffmpeg (%s)", segment.info.label, exc)
+        log.info("%s: decoded by ffmpeg (%s)", segment.info.label, exc)
         return None
     samples = segment.samples(rate)
     if (r.frames, r.rate, r.channels) != (samples, rate, channels):
-        _log().info("%s: decoded by ffmpeg (libsndfile sees %d samples at %d Hz x %d, the probe %d)",
+        log.info("%s: decoded by ffmpeg (libsndfile sees %d samples at %d Hz x %d, the probe %d)",
                     segment.info.label, r.frames, r.rate, r.channels, samples)
         r.close()
         return None
@@ -196,7 +194,7 @@ class _Part:
                 return got * self._sb
             # The source ended early (cut short since it was probed): zeros keep the output at
             # the length reported.
-            _log().warning("%s: %d samples short; padded with silence", self.segment.info.label, self._samples)
+            log.warning("%s: %d samples short; padded with silence", self.segment.info.label, self._samples)
             self._gap += self._samples
             self._samples = 0
         n = min(frames, self._gap)
@@ -286,9 +284,9 @@ class _FfmpegPart(_Part):
             self._feeder.join()
         info = self.segment.info
         if self._feed_error is not None:
-            _log().warning("%s: decoding failed: %r", info.label, self._feed_error)
+            log.warning("%s: decoding failed: %r", info.label, self._feed_error)
         elif code != 0:
-            _log().warning("decoder failed (exit %s): %s", code, tail(self._err))
+            log.warning("decoder failed (exit %s): %s", code, tail(self._err))
         else:
             return
         raise UnsupportedAudio(f"{info.label}: cannot be decoded ({info.codec})", part=info.index)

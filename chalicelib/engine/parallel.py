@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
 import queue
@@ -36,8 +37,7 @@ from . import lame
 from .mp3 import build_tag_frame
 from .mp3.reservoir import Frame, FrameReader, Relayer, ReservoirError
 
-# The encode path's defaults (encode.DEFAULT_BITRATE; it passes its bitrate resolved); a unit test
-# keeps the two equal.
+# The default bitrates (encode.bitrate resolves and checks them; ogg: libvorbis' own quality default).
 DEFAULT_BITRATE = {"mp3": "128k", "m4a": "128k"}
 # Frames of the preceding audio each chunk's encoder sees before its first kept frame, and of
 # the following audio after its last. Measured over 9 rate/channel/bitrate/signal cases with a
@@ -58,6 +58,12 @@ MIN_ROUNDS = 4
 MAX_CHUNK_S = 20.0
 DEFAULT_CHUNK_S = 20.0
 _READ_BYTES = 1 << 20
+# The chunk encoders run this much nicer than the rest of the process (and the decoder feeding
+# it): with every core busy, the decoder then gets the CPU it needs to keep ahead, and the last
+# chunks are not held up behind a decoder starved by the encoders it feeds.
+ENCODER_NICENESS = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def usable_cores() -> int:
 
 
 def encoder_args(fmt: str, rate: int, channels: int, bitrate: str | None) -> list[str]:
-    """The encode path's output options (encode._encoder_args) for ``fmt``, without ``-f``."""
+    """The ffmpeg encoder's output options for ``fmt``, without ``-f`` (encode._encoder_args adds it)."""
     spec = FORMATS[fmt]
     args = ["-c:a", spec.codec]
     bitrate = None if spec.lossless else bitrate or DEFAULT_BITRATE.get(fmt)
@@ -117,7 +123,7 @@ def encode_pcm(pcm: BinaryIO, out_path: str | os.PathLike, *, fmt: str, rate: in
     try:
         # MP3 is LAME in this process even on one core: a chunk costs less CPU than one ffmpeg
         # pass (its PCM is not converted and piped again, and no process starts).
-        if fmt in parallel_formats() and chunk is not None:
+        if fmt in parallel_formats():
             result = _encode_chunked(pcm, tmp, job, workers, chunk)
         else:
             result = _encode_single(pcm, tmp, job)
@@ -158,8 +164,8 @@ class _Job:
             self.progress(min(0.999, consumed / self.total))
 
 
-def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int | None:
-    """Chunk length in samples (a whole number of frames), or None when one pass is better."""
+def _chunk_samples(job: _Job, workers: int, chunk_s: float | None) -> int:
+    """Chunk length in samples (a whole number of frames)."""
     spf = job.frame_samples
     if chunk_s is not None:
         seconds = chunk_s
@@ -289,7 +295,8 @@ def _encode_chunked(pcm: BinaryIO, tmp: Path, job: _Job, workers: int, chunk: in
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     assembler = _Assembler(tmp, job, slots, chunk, pre)
     thread = threading.Thread(target=assembler.run, args=(chunks,), name="mp3-assemble", daemon=True)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mp3-chunk", initializer=_nicer)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mp3-chunk", initializer=nice_thread,
+                              initargs=(ENCODER_NICENESS,))
     source = _Source(pcm, job)
     thread.start()
     consumed = 0
@@ -349,17 +356,6 @@ class _Empty:
         return b""
 
 
-# The chunk encoders run this much nicer than the rest of the process (and the decoder feeding
-# it): with every core busy, the decoder then gets the CPU it needs to keep ahead, and the last
-# chunks are not held up behind a decoder starved by the encoders it feeds.
-ENCODER_NICENESS = 5
-
-
-def _nicer() -> None:
-    """Lower this pool thread's priority by ENCODER_NICENESS."""
-    nice_thread(ENCODER_NICENESS)
-
-
 def _encode_chunk(c: _Chunk, job: _Job) -> bytes:
     """One chunk's MP3 stream (no Info frame), from LAME in this process (engine.lame)."""
     enc = lame.Encoder(job.rate, job.channels, job.bitrate or DEFAULT_BITRATE["mp3"])
@@ -376,9 +372,7 @@ def _encode_chunk(c: _Chunk, job: _Job) -> bytes:
 def _own_words(exc: BaseException) -> StitchError:
     """Our message for a failure while joining: the reason, never a path or a traceback (those
     go to the log)."""
-    import logging
-
-    logging.getLogger(__name__).warning("joining the mp3 chunks failed: %r", exc)
+    log.warning("joining the mp3 chunks failed: %r", exc)
     if isinstance(exc, OSError) and exc.strerror:
         return StitchError(f"cannot write the mp3 output: {exc.strerror}")
     return StitchError(f"cannot join the encoded chunks ({type(exc).__name__})")

@@ -155,22 +155,23 @@ def test_lame_in_process_encodes_as_ffmpegs_libmp3lame(tmp_path, rate, channels,
 
 # -- reservoir re-lay -----------------------------------------------------------------------------
 
-def lame(tmp_path: Path, x: np.ndarray, rate: int, bitrate: str, name: str = "src.mp3") -> Path:
-    """A plain LAME stream (no ID3, no Info frame) of ``x``, written by ffmpeg."""
-    path = tmp_path / name
+def _ffmpeg_lame(x: np.ndarray, path: Path, rate: int, bitrate: str, *extra: str) -> Path:
+    """``x`` through one `ffmpeg -c:a libmp3lame` pass, with ``extra`` output options."""
     layout = "mono" if x.shape[1] == 1 else "stereo"
     subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ch_layout", layout,
-                    "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", bitrate, "-id3v2_version", "0", "-write_xing", "0",
-                    str(path)], input=x.tobytes(), check=True)
+                    "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", bitrate, *extra, str(path)],
+                   input=x.tobytes(), check=True)
     return path
+
+
+def lame(tmp_path: Path, x: np.ndarray, rate: int, bitrate: str, name: str = "src.mp3") -> Path:
+    """A plain LAME stream (no ID3, no Info frame) of ``x``, written by ffmpeg."""
+    return _ffmpeg_lame(x, tmp_path / name, rate, bitrate, "-id3v2_version", "0", "-write_xing", "0")
 
 
 def single_pass(x: np.ndarray, path: Path, rate: int, bitrate: str = "128k") -> Path:
     """The reference: one `ffmpeg -c:a libmp3lame` pass over ``x``, LAME tag and all."""
-    layout = "mono" if x.shape[1] == 1 else "stereo"
-    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "f32le", "-ar", str(rate), "-ch_layout", layout,
-                    "-i", "pipe:", "-c:a", "libmp3lame", "-b:a", bitrate, str(path)], input=x.tobytes(), check=True)
-    return path
+    return _ffmpeg_lame(x, path, rate, bitrate)
 
 
 def relay(frames, path: Path) -> Relayer:
