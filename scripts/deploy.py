@@ -271,9 +271,8 @@ def check_zip(zip_path: Path) -> list[str]:
                     vendor_ffmpeg.verify(exe)
                 except SystemExit as exc:
                     problems.append(f"zip: bin/ffmpeg: {str(exc).removeprefix('vendor: ')}")
-        sndfile = infos.get("lib/libsndfile_x86_64.so")
-        if sndfile is None:
-            problems.append("zip: lib/libsndfile_x86_64.so missing (run `make vendor`)")
+        if SNDFILE_IN_ZIP not in infos:
+            problems.append(f"zip: {SNDFILE_IN_ZIP} missing (run `make vendor`)")
         dists = _dist_infos(list(infos))
         for dist, version in runtime_requirements().items():
             if dist not in dists:
@@ -286,13 +285,22 @@ def check_zip(zip_path: Path) -> list[str]:
                 if not any(t.endswith("-any") or "manylinux" in t for t in tags):
                     problems.append(f"zip: {name.split('/')[0]} was built here ({tags}), not a Lambda wheel")
         for module in runtime_modules():
-            if not any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py"
-                       or (n.startswith(f"{module}.") and n.endswith(".so") and "/" not in n) for n in infos):
+            if not (any(n.startswith(f"{module}/__init__.py") or n == f"{module}.py" for n in infos)
+                    or _extension_modules(infos, module)):
                 problems.append(f"zip: import package {module} missing")
         unzipped = sum(i.file_size for i in infos.values())
     if unzipped > LAMBDA_UNZIPPED_LIMIT:
         problems.append(f"zip: {unzipped / 2**20:.0f} MiB unzipped exceeds Lambda's 250 MiB")
     return problems
+
+
+# Where `make vendor`'s libsndfile lands in the zip (Chalice puts vendor/ at its root).
+SNDFILE_IN_ZIP = f"lib/{vendor_ffmpeg.SNDFILE}"
+
+
+def _extension_modules(names, module: str) -> list[str]:
+    """The zip's top-level compiled modules of ``module`` (``module.*.so``)."""
+    return [n for n in names if n.startswith(f"{module}.") and n.endswith(".so") and "/" not in n]
 
 
 # What Lambda's Python runtime provides besides the standard library.
@@ -380,7 +388,7 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
         if python is None:
             # Only this Python: compiled modules built for the runtime's cannot load in it.
             python = sys.executable
-            skipped = [m for m in modules if any(n.startswith(f"{m}.") and n.endswith(".so") for n in names)]
+            skipped = [m for m in modules if _extension_modules(names, m)]
             modules = [m for m in modules if m not in skipped]
             print(f"lambda imports: no {infra.LAMBDA_RUNTIME} here; not imported: {', '.join(skipped)}")
         proc = subprocess.run([python, "-S", "-c", _IMPORT_PROBE, str(task), str(runtime), ",".join(modules)],
@@ -392,10 +400,10 @@ def check_lambda_imports(zip_path: Path, stage: str = "prod") -> list[str]:
         problems += [f"lambda imports: {m} imported from outside the package" for m in result["outside"]]
         if result["ffmpeg"] != str(task / "bin" / "ffmpeg"):
             problems.append(f"lambda imports: ffmpeg resolves to {result['ffmpeg']}, not the package's bin/ffmpeg")
-        lame_so = [n for n in names if n.startswith("lameenc.") and n.endswith(".so")]
+        lame_so = _extension_modules(names, "lameenc")
         if lame_so and "lameenc" not in skipped and result["lame"] != str(task / lame_so[0]):
             problems.append(f"lambda imports: LAME loads from {result['lame']}, not the package's {lame_so[0]}")
-        if "lib/libsndfile_x86_64.so" in names and result["sndfile"] != str(task / "lib" / "libsndfile_x86_64.so"):
+        if SNDFILE_IN_ZIP in names and result["sndfile"] != str(task / SNDFILE_IN_ZIP):
             problems.append(f"lambda imports: libsndfile loads from {result['sndfile']}, not the package's lib/")
     return problems
 

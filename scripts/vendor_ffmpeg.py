@@ -22,6 +22,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from chalicelib.engine import sndfile  # noqa: E402 - where the engine looks for libsndfile, and its name
+
 DEST = ROOT / "vendor" / "bin" / "ffmpeg"
 WHEEL_CACHE = ROOT / "build" / "wheels"
 ELF_X86_64 = (b"\x7fELF", 0x3E)
@@ -34,11 +38,11 @@ def is_linux_x86_64(path: Path) -> bool:
     return len(head) == 20 and head[:4] == ELF_X86_64[0] and int.from_bytes(head[18:20], "little") == ELF_X86_64[1]
 
 
-def pinned_version() -> str:
+def pinned_version(dist: str = "imageio-ffmpeg") -> str:
     text = (ROOT / "requirements-lock.txt").read_text()
-    m = re.search(r"^imageio-ffmpeg==(\S+)$", text, re.M)
+    m = re.search(rf"^{re.escape(dist)}==(\S+)$", text, re.M)
     if not m:
-        raise SystemExit("vendor: imageio-ffmpeg is not pinned in requirements-lock.txt")
+        raise SystemExit(f"vendor: {dist} is not pinned in requirements-lock.txt")
     return m.group(1)
 
 
@@ -53,33 +57,36 @@ def _installed_binary() -> Path | None:
     return None
 
 
-def _binary_from_wheel(version: str) -> Path:
-    """Download (once) the manylinux wheel and extract its ffmpeg into build/wheels."""
+def _from_wheel(dist: str, version: str, platform_tag: str, member: str, *pip_args: str) -> Path:
+    """The first file of ``dist`` ``version``'s ``platform_tag`` wheel whose name matches the
+    regex ``member``, extracted into build/wheels; the wheel is downloaded once."""
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(WHEEL_CACHE.glob(f"imageio_ffmpeg-{version}-*manylinux*x86_64*.whl"))
+    pattern = f"{dist.replace('-', '_')}-{version}-*manylinux*x86_64*.whl"
+    if not sorted(WHEEL_CACHE.glob(pattern)):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", platform_tag, *pip_args, "-d", str(WHEEL_CACHE), f"{dist}=={version}"],
+                       check=True)
+    wheels = sorted(WHEEL_CACHE.glob(pattern))
     if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-             "-d", str(WHEEL_CACHE), f"imageio-ffmpeg=={version}"],
-            check=True,
-        )
-        wheels = sorted(WHEEL_CACHE.glob(f"imageio_ffmpeg-{version}-*manylinux*x86_64*.whl"))
-    if not wheels:
-        raise SystemExit(f"vendor: no manylinux x86_64 wheel of imageio-ffmpeg {version} found")
+        raise SystemExit(f"vendor: no manylinux x86_64 wheel of {dist} {version} found")
     with zipfile.ZipFile(wheels[0]) as zf:
-        names = [n for n in zf.namelist() if re.search(r"binaries/ffmpeg-linux-x86_64", n)]
+        names = [n for n in zf.namelist() if re.search(member, n)]
         if not names:
-            raise SystemExit(f"vendor: {wheels[0].name} holds no linux x86_64 ffmpeg")
+            raise SystemExit(f"vendor: {wheels[0].name} holds no {member}")
+        # Extracted every time (a name can outlive a version bump), beside it and renamed: an
+        # interrupted extraction must never pass for the file (off Linux x86_64 nothing runs it
+        # before it is vendored).
         out = WHEEL_CACHE / Path(names[0]).name
-        if not out.exists():
-            # Extract beside it and rename: an interrupted extraction must not pass for the binary
-            # next time (off Linux x86_64 nothing runs it before it is vendored).
-            part = out.with_name(out.name + ".part")
-            with zf.open(names[0]) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(part, out)
+        part = out.with_name(out.name + ".part")
+        with zf.open(names[0]) as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(part, out)
     return out
+
+
+def _binary_from_wheel(version: str) -> Path:
+    return _from_wheel("imageio-ffmpeg", version, "manylinux2014_x86_64", r"binaries/ffmpeg-linux-x86_64",
+                       "--python-version", "3.11")
 
 
 def _sha256(path: Path) -> str:
@@ -142,41 +149,16 @@ def vendor(dest: Path = DEST, *, from_wheel: bool = False) -> Path:
 
 # libsndfile (MPEG audio through mpg123), the exact path's in-process decoder: the soundfile
 # wheel's copy, at vendor/lib/ (Lambda: /var/task/lib/, where chalicelib.engine.sndfile looks).
-SNDFILE = "libsndfile_x86_64.so"
+SNDFILE = sndfile.NAME
 SNDFILE_DEST = ROOT / "vendor" / "lib" / SNDFILE
 
 
 def _installed_sndfile() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("_soundfile_data")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(folder) / SNDFILE
-        if candidate.is_file() and is_linux_x86_64(candidate):
-            return candidate
-    return None
+    return next((p for p in sndfile.wheel_paths() if p.is_file() and is_linux_x86_64(p)), None)
 
 
 def _sndfile_from_wheel() -> Path:
-    m = re.search(r"^soundfile==(\S+)$", (ROOT / "requirements-lock.txt").read_text(), re.M)
-    if not m:
-        raise SystemExit("vendor: soundfile is not pinned in requirements-lock.txt")
-    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    pattern = f"soundfile-{m.group(1)}-*manylinux*x86_64*.whl"
-    if not sorted(WHEEL_CACHE.glob(pattern)):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--platform", "manylinux_2_28_x86_64", "-d", str(WHEEL_CACHE), f"soundfile=={m.group(1)}"],
-                       check=True)
-    wheels = sorted(WHEEL_CACHE.glob(pattern))
-    if not wheels:
-        raise SystemExit(f"vendor: no manylinux x86_64 wheel of soundfile {m.group(1)} found")
-    out = WHEEL_CACHE / SNDFILE
-    with zipfile.ZipFile(wheels[0]) as zf:
-        part = out.with_name(out.name + ".part")
-        with zf.open(f"_soundfile_data/{SNDFILE}") as src, open(part, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(part, out)
-    return out
+    return _from_wheel("soundfile", pinned_version("soundfile"), "manylinux_2_28_x86_64", rf"^_soundfile_data/{re.escape(SNDFILE)}$")
 
 
 def vendor_sndfile(dest: Path = SNDFILE_DEST, *, from_wheel: bool = False) -> Path:

@@ -53,15 +53,19 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
-def _paths() -> list[Path]:
-    paths = list(CANDIDATES)
+def wheel_paths() -> list[Path]:
+    """Where the installed soundfile wheel keeps the library (found without importing soundfile)."""
     try:
-        spec = importlib.util.find_spec("_soundfile_data")  # finds it without importing soundfile
+        spec = importlib.util.find_spec("_soundfile_data")
     except (ImportError, ValueError):
         spec = None
-    if spec is not None and spec.submodule_search_locations:
-        paths += [Path(p) / NAME for p in spec.submodule_search_locations]
-    return paths
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p) / NAME for p in spec.submodule_search_locations]
+
+
+def _paths() -> list[Path]:
+    return [*CANDIDATES, *wheel_paths()]
 
 
 def _open_library() -> ctypes.CDLL | None:
