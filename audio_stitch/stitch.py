@@ -47,16 +47,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Args:
-    """What ``_quick_args`` found: the parser's attributes for the flags it knows (others: None)."""
+    """What ``_quick_args`` found: the parser's attributes for the flags it knows (the option
+    flags it does not know are read with ``getattr(args, name, None)``)."""
 
     def __init__(self, parts: list[str], values: dict[str, str]):
         self.parts = parts
         self.output = values.pop("output")
         self.format = values.pop("format", None)
         self.join = values.pop("join", None)
-
-    def __getattr__(self, name: str):  # an option flag not given
-        return None
 
 
 _QUICK_FLAGS = {"-o": "output", "--output": "output", "--format": "format", "--join": "join"}

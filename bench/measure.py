@@ -19,6 +19,7 @@ which under-counts a tree of parallel encoders: it is not used.
 """
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import statistics
@@ -33,6 +34,7 @@ INTERVAL_S = 0.01  # warm-up runs
 LONG_INTERVAL_S = 0.1  # timed runs of groups without a warm-up
 
 
+@functools.cache  # asked at every sample
 def _proc_children_supported() -> bool:
     return Path(f"/proc/self/task/{os.getpid()}/children").exists()
 

@@ -12,10 +12,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "bench" / ".data" / "full"
+from . import data
+from .__main__ import ROOT
+
+DATA = data.DATA / "full"
 
 RUN = """\
 import json, os, resource, sys, time
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"{cores} cores, LAME in-process", cores, "lame")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     results: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
-    out = ROOT / "bench" / ".data" / "scaling.mp3"
+    out = data.DATA / "scaling.mp3"
     for _ in range(args.rounds):
         for name, n, mode in rows:
             proc = subprocess.run([sys.executable, "-c", RUN, str(n), mode, str(out), *parts], env=env,

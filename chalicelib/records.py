@@ -89,19 +89,22 @@ def record(cls=None, /, *, frozen: bool = False):
 
 def _build(cls, frozen: bool):
     found = []
-    for name in cls.__dict__.get("__annotations__", {}):
+    annotations = cls.__dict__.get("__annotations__", {})
+    for name in annotations:
         value = cls.__dict__.get(name, _MISSING)
-        f = value if isinstance(value, Field) else Field(default=value)
-        f.name = name
         if isinstance(value, Field):
+            f = value
             if f.default is _MISSING:
                 delattr(cls, name)
             else:
                 setattr(cls, name, f.default)
+        else:
+            f = Field(default=value)
+        f.name = name
         found.append(f)
     all_fields = tuple(found)
     cls.__record_fields__ = all_fields
-    cls.__init__ = _init(cls, all_fields, frozen)
+    cls.__init__ = _init(cls, all_fields, annotations, frozen)
     shown = tuple(f.name for f in all_fields if f.repr)
     compared = tuple(f.name for f in all_fields if f.compare)
 
@@ -131,11 +134,12 @@ def _build(cls, frozen: bool):
     return cls
 
 
-def _init(cls, all_fields: tuple[Field, ...], frozen: bool):
+def _init(cls, all_fields: tuple[Field, ...], annotations: dict, frozen: bool):
     """``__init__(self, a, b=<default>, ...)``, compiled once: positional and keyword calls, and
     errors for missing or unknown arguments, as for any function."""
     params, body = [], []
     scope: dict = {"_FACTORY": _FACTORY, "_set": object.__setattr__}
+    defaulted = False  # a field before this one has a default
     for f in all_fields:
         n = f.name
         if f.default is not _MISSING:
@@ -147,15 +151,15 @@ def _init(cls, all_fields: tuple[Field, ...], frozen: bool):
             params.append(f"{n}=_FACTORY")
             value = f"_f_{n}() if {n} is _FACTORY else {n}"
         else:
-            if params and "=" in params[-1]:
+            if defaulted:
                 raise TypeError(f"non-default field {n!r} follows a default one in {cls.__name__}")
             params.append(n)
             value = n
+        defaulted = defaulted or f.default is not _MISSING or f.default_factory is not _MISSING
         body.append(f"  _set(self, {n!r}, {value})" if frozen else f"  self.{n} = {value}")
     source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "  pass") + "\n"
     exec(source, scope)  # noqa: S102 - source built above from the class's own field names
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    annotations = cls.__dict__.get("__annotations__", {})
     init.__annotations__ = {f.name: annotations[f.name] for f in all_fields} | {"return": None}
     return init
